@@ -1,0 +1,264 @@
+//! Flow routes: create, read, update, delete, start, stop, status, logs, executions.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{find_flow, ApiError, AppState, DEFAULT_TENANT};
+use crate::manifest::{Manifest, ManifestError};
+use crate::store::{now_ms, status, ExecutionRecord, FlowRecord};
+use crate::token;
+
+/// A flow as listed: everything but the manifest.
+#[derive(Debug, Serialize)]
+pub struct FlowSummary {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub desired_state: String,
+    pub reason: Option<String>,
+    pub idle_timeout_ms: i64,
+    pub keep_alive: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<&FlowRecord> for FlowSummary {
+    fn from(f: &FlowRecord) -> Self {
+        FlowSummary {
+            id: f.id.clone(),
+            name: f.name.clone(),
+            status: f.status.clone(),
+            desired_state: f.desired_state.clone(),
+            reason: f.status_reason.clone(),
+            idle_timeout_ms: f.idle_timeout_ms,
+            keep_alive: f.keep_alive,
+            created_at: f.created_at,
+            updated_at: f.updated_at,
+        }
+    }
+}
+
+/// An execution as shown: payload and output as JSON, not strings.
+#[derive(Debug, Serialize)]
+pub struct ExecutionView {
+    pub id: String,
+    pub flow_id: String,
+    pub seq: i64,
+    pub trigger_type: String,
+    pub status: String,
+    pub payload: serde_json::Value,
+    pub output: serde_json::Value,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub received_at: i64,
+    pub acked_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub duration_ms: Option<i64>,
+}
+
+impl From<ExecutionRecord> for ExecutionView {
+    fn from(e: ExecutionRecord) -> Self {
+        let json = |s: &Option<String>| {
+            s.as_deref()
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        ExecutionView {
+            payload: json(&e.payload),
+            output: json(&e.output),
+            duration_ms: match (e.started_at, e.completed_at) {
+                (Some(s), Some(c)) => Some(c - s),
+                _ => None,
+            },
+            id: e.id,
+            flow_id: e.flow_id,
+            seq: e.seq,
+            trigger_type: e.trigger_type,
+            status: e.status,
+            error: e.error_message,
+            attempts: e.attempts,
+            received_at: e.received_at,
+            acked_at: e.acked_at,
+            started_at: e.started_at,
+            completed_at: e.completed_at,
+        }
+    }
+}
+
+fn manifest_text(body: &Bytes) -> Result<&str, ApiError> {
+    std::str::from_utf8(body)
+        .map_err(|_| ApiError::BadRequest("the manifest is not UTF-8 text; send the YAML file as it is".into()))
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FlowSummary>>, ApiError> {
+    let flows = state.store.list_flows(DEFAULT_TENANT).await?;
+    Ok(Json(flows.iter().map(FlowSummary::from).collect()))
+}
+
+pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let text = manifest_text(&body)?;
+    let manifest = Manifest::parse(text).map_err(ApiError::Manifest)?;
+    let idle = manifest.idle_timeout().map_err(ApiError::Manifest)?;
+    state.store.ensure_tenant(DEFAULT_TENANT, "Default tenant").await?;
+    let webhook_token = token::generate();
+    let now = now_ms();
+    let flow = FlowRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: DEFAULT_TENANT.to_string(),
+        name: manifest.name.clone(),
+        manifest: text.to_string(),
+        desired_state: "stopped".into(),
+        status: status::STOPPED.into(),
+        status_reason: None,
+        webhook_token_hash: token::hash(&webhook_token),
+        idle_timeout_ms: idle.as_millis() as i64,
+        keep_alive: manifest.keep_alive,
+        instance_id: None,
+        pump_ref: None,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.create_flow(&flow).await?;
+    let webhook_url = format!(
+        "{}/api/triggers/{}/webhook/{}",
+        state.public_url.trim_end_matches('/'),
+        flow.id,
+        webhook_token
+    );
+    let body = json!({
+        "flow": FlowSummary::from(&flow),
+        "webhook_token": webhook_token,
+        "webhook_url": webhook_url,
+        "note": "the webhook token is shown only now; store it",
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    let mut body = serde_json::to_value(FlowSummary::from(&flow)).expect("summaries serialize");
+    body["manifest"] = json!(flow.manifest);
+    Ok(Json(body))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    let text = manifest_text(&body)?;
+    let manifest = Manifest::parse(text).map_err(ApiError::Manifest)?;
+    if manifest.name != flow.name {
+        return Err(ApiError::Manifest(ManifestError {
+            message: format!(
+                "name: `{}` differs from the flow's name `{}`; a flow cannot be renamed, create a new one instead",
+                manifest.name, flow.name
+            ),
+            field: Some("name".into()),
+            line: None,
+            column: None,
+        }));
+    }
+    let idle = manifest.idle_timeout().map_err(ApiError::Manifest)?;
+    state
+        .store
+        .update_manifest(&flow.id, text, idle.as_millis() as i64, manifest.keep_alive)
+        .await?;
+    let updated = find_flow(&state, &flow.id).await?;
+    let restart_required = matches!(flow.status.as_str(), status::RUNNING | status::STARTING);
+    Ok(Json(json!({
+        "flow": FlowSummary::from(&updated),
+        "restart_required": restart_required,
+        "note": if restart_required { "the running pump keeps its old manifest until the flow is stopped and started again" } else { "" },
+    })))
+}
+
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    state.supervisor.stop(&flow, "api").await?;
+    state.store.delete_flow(&flow.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn start(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    let already = flow.desired_state == "running"
+        && matches!(flow.status.as_str(), status::RUNNING | status::STARTING);
+    if already {
+        return Ok((StatusCode::OK, Json(FlowSummary::from(&flow))).into_response());
+    }
+    state.supervisor.start(&flow, "api").await?;
+    let flow = find_flow(&state, &flow.id).await?;
+    Ok((StatusCode::ACCEPTED, Json(FlowSummary::from(&flow))).into_response())
+}
+
+pub async fn stop(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<FlowSummary>, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    state.supervisor.stop(&flow, "api").await?;
+    let flow = find_flow(&state, &flow.id).await?;
+    Ok(Json(FlowSummary::from(&flow)))
+}
+
+pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    let status = state.supervisor.status(&flow).await?;
+    Ok(Json(status).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TailQuery {
+    tail: Option<usize>,
+}
+
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<TailQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    let tail = q.tail.unwrap_or(100).min(10_000);
+    let lines = state
+        .supervisor
+        .backend()
+        .logs(&flow.id, tail)
+        .await
+        .map_err(|e| ApiError::Backend(e.to_string()))?;
+    Ok(Json(json!({"flow_id": flow.id, "lines": lines})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LimitQuery {
+    limit: Option<i64>,
+}
+
+pub async fn executions(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Vec<ExecutionView>>, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let rows = state.store.list_executions(&flow.id, limit).await?;
+    Ok(Json(rows.into_iter().map(ExecutionView::from).collect()))
+}
+
+pub async fn execution(
+    State(state): State<AppState>,
+    Path((id, execution_id)): Path<(String, String)>,
+) -> Result<Json<ExecutionView>, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    let exec = state
+        .store
+        .get_execution(&execution_id)
+        .await?
+        .filter(|e| e.flow_id == flow.id)
+        .ok_or_else(|| ApiError::NotFound(format!("flow `{id}` has no execution `{execution_id}`")))?;
+    Ok(Json(exec.into()))
+}

@@ -1,0 +1,201 @@
+//! The HTTP API: routes, the shared state they use, and how errors become answers.
+//!
+//! Every error answer is JSON `{"error": "...what happened and what to do"}`, plus `field`,
+//! `line` and `column` for a manifest problem.
+
+mod flows;
+mod triggers;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use subtle::ConstantTimeEq as _;
+
+use crate::dispatcher::Dispatcher;
+use crate::manifest::ManifestError;
+use crate::store::{FlowRecord, Store, StoreError};
+use crate::supervisor::{Supervisor, SupervisorError};
+
+/// The tenant every flow belongs to until tenants arrive with their own tokens.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Largest request body accepted (webhook payloads, manifests).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub supervisor: Arc<Supervisor>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub bus: crate::bus::Bus,
+    /// Required as a bearer token on the management routes when set.
+    pub api_token: Option<String>,
+    /// How users reach this server, for the webhook URLs it hands out.
+    pub public_url: String,
+}
+
+pub fn router(state: AppState) -> Router {
+    let managed = Router::new()
+        .route("/api/flows", get(flows::list).post(flows::create))
+        .route(
+            "/api/flows/{id}",
+            get(flows::show).put(flows::update).delete(flows::delete),
+        )
+        .route("/api/flows/{id}/start", post(flows::start))
+        .route("/api/flows/{id}/stop", post(flows::stop))
+        .route("/api/flows/{id}/status", get(flows::status))
+        .route("/api/flows/{id}/logs", get(flows::logs))
+        .route("/api/flows/{id}/executions", get(flows::executions))
+        .route(
+            "/api/flows/{id}/executions/{execution_id}",
+            get(flows::execution),
+        )
+        .route("/api/triggers/{flow_id}/inject", post(triggers::inject))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .merge(managed)
+        .route(
+            "/api/triggers/{flow_id}/webhook/{token}",
+            post(triggers::webhook),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound("no such route; see the API sketch in README.md".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = &state.api_token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await.map_err(|e| e.to_string());
+    let redis = state.bus.ping().await.map_err(|e| e.to_string());
+    let backend = state
+        .supervisor
+        .backend()
+        .list()
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let ready = store.is_ok() && redis.is_ok() && backend.is_ok();
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({"ok": false, "error": e}),
+    };
+    let body = json!({
+        "ready": ready,
+        "store": show(&store),
+        "redis": show(&redis),
+        "backend": show(&backend),
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Finds a flow by id or by name, within the tenant.
+async fn find_flow(state: &AppState, key: &str) -> Result<FlowRecord, ApiError> {
+    let flow = if uuid::Uuid::parse_str(key).is_ok() {
+        state.store.get_flow(key).await?
+    } else {
+        state.store.get_flow_by_name(DEFAULT_TENANT, key).await?
+    };
+    flow.filter(|f| f.tenant_id == DEFAULT_TENANT)
+        .ok_or_else(|| ApiError::NotFound(format!("no flow `{key}`; list flows with `pumphouse flow ls`")))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("missing or wrong API token; send `Authorization: Bearer <token>` (the server's --api-token)")]
+    Unauthorized,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Manifest(ManifestError),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Backend(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken(_) => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<SupervisorError> for ApiError {
+    fn from(e: SupervisorError) -> Self {
+        match e {
+            SupervisorError::Store(s) => s.into(),
+            SupervisorError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            SupervisorError::Backend(b) => ApiError::Backend(b.to_string()),
+            SupervisorError::Manifest { .. } => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Backend(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if code.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = match &self {
+            ApiError::Manifest(m) => json!({
+                "error": m.message,
+                "field": m.field,
+                "line": m.line,
+                "column": m.column,
+            }),
+            other => json!({"error": other.to_string()}),
+        };
+        (code, Json(body)).into_response()
+    }
+}

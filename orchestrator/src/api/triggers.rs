@@ -1,0 +1,107 @@
+//! Trigger routes: the public webhook (authenticated by its token) and manual injection
+//! (authenticated by the API token).
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::{find_flow, ApiError, AppState};
+use crate::manifest::{Manifest, DEFAULT_DELIVERY_TIMEOUT};
+use crate::store::{status, FlowRecord};
+use crate::token;
+
+pub async fn webhook(
+    State(state): State<AppState>,
+    Path((flow_id, given)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // One answer for an unknown flow and a wrong token, so the URL reveals nothing.
+    let unknown = || ApiError::NotFound("no webhook matches this URL; check the flow id and token (the token is shown once, when the flow is created)".into());
+    if uuid::Uuid::parse_str(&flow_id).is_err() {
+        return Err(unknown());
+    }
+    let flow = state.store.get_flow(&flow_id).await?.ok_or_else(unknown)?;
+    if !token::verify(&given, &flow.webhook_token_hash) {
+        return Err(unknown());
+    }
+    accept(&state, &flow, "webhook", &body).await
+}
+
+pub async fn inject(
+    State(state): State<AppState>,
+    Path(flow_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let flow = find_flow(&state, &flow_id).await?;
+    accept(&state, &flow, "manual", &body).await
+}
+
+/// A body as the pump will see it: JSON as it is, other UTF-8 text as a JSON string, nothing as
+/// `null`.
+fn payload(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => Ok(serde_json::Value::String(text.to_string())),
+        Err(_) => Err(ApiError::Unsupported(
+            "the body is neither JSON nor UTF-8 text; send JSON".into(),
+        )),
+    }
+}
+
+async fn accept(state: &AppState, flow: &FlowRecord, kind: &str, body: &[u8]) -> Result<Response, ApiError> {
+    if !matches!(flow.status.as_str(), status::RUNNING | status::STARTING) {
+        let hint = match flow.status.as_str() {
+            status::ERROR => format!(
+                "see why with `pumphouse flow status {0}`, then `pumphouse flow start {0}`",
+                flow.name
+            ),
+            _ => format!(
+                "start it with `pumphouse flow start {}` or POST /api/flows/{}/start",
+                flow.name, flow.id
+            ),
+        };
+        return Err(ApiError::Conflict(format!(
+            "flow `{}` is {}, so nothing would receive this trigger; {hint}",
+            flow.name, flow.status
+        )));
+    }
+    let payload = payload(body)?;
+    let deadline = Manifest::parse(&flow.manifest)
+        .ok()
+        .and_then(|m| m.delivery_timeout().ok())
+        .unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
+    let accepted = state
+        .dispatcher
+        .accept(&flow.id, kind, payload, deadline.max(Duration::from_secs(1)))
+        .await?;
+    let body = json!({
+        "execution_id": accepted.execution_id,
+        "flow_id": flow.id,
+        "status": "queued",
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::payload;
+    use serde_json::json;
+
+    #[test]
+    fn bodies_become_json_payloads() {
+        assert_eq!(payload(b"").unwrap(), json!(null));
+        assert_eq!(payload(br#"{"a":1}"#).unwrap(), json!({"a": 1}));
+        assert_eq!(payload(b"plain words").unwrap(), json!("plain words"));
+        assert!(payload(&[0xff, 0xfe]).is_err());
+    }
+}

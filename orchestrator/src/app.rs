@@ -1,0 +1,224 @@
+//! Builds the orchestrator from its configuration and runs it: store, Redis bus, backend,
+//! supervisor loops and the HTTP server, sharing one state.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{self, AppState};
+use crate::backend::docker::{DockerBackend, DockerConfig};
+use crate::backend::process::ProcessBackend;
+use crate::backend::{Backend, BackendError, BackendKind};
+use crate::bus::{self, Bus, BusError};
+use crate::dispatcher::Dispatcher;
+use crate::store::{Store, StoreError};
+use crate::supervisor::{PumpSettings, Supervisor, SupervisorError};
+
+/// Everything `pumphouse serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where the API listens; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// `sqlite://FILE` or `postgres://...`.
+    pub store_url: String,
+    pub redis_url: String,
+    /// `REDIS_URL` handed to pumps, when they reach Redis by another address.
+    pub pump_redis_url: Option<String>,
+    pub backend: BackendKind,
+    pub docker_socket: Option<String>,
+    /// Docker network mode for pumps: `host`, `bridge` or a network's name.
+    pub docker_network: String,
+    pub pump_image: String,
+    /// The pump program for the process backend; `pump` beside this binary by default.
+    pub pump_binary: Option<PathBuf>,
+    /// Names this orchestrator's pumps (a label), so deployments sharing an engine stay apart.
+    pub cluster: String,
+    pub heartbeat: Duration,
+    pub start_timeout: Duration,
+    pub api_token: Option<String>,
+    /// Base URL in the webhook URLs handed out; `http://<listen>` by default.
+    pub public_url: Option<String>,
+}
+
+impl ServeConfig {
+    /// Defaults suited to one developer machine.
+    pub fn local(store_url: &str, redis_url: &str) -> ServeConfig {
+        ServeConfig {
+            listen: "127.0.0.1:8080".parse().expect("a valid address"),
+            store_url: store_url.into(),
+            redis_url: redis_url.into(),
+            pump_redis_url: None,
+            backend: BackendKind::Auto,
+            docker_socket: None,
+            docker_network: "host".into(),
+            pump_image: "pumphouse/pump:dev".into(),
+            pump_binary: None,
+            cluster: "default".into(),
+            heartbeat: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(60),
+            api_token: None,
+            public_url: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("cannot listen on {addr}: {source}; choose another address with --listen")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built orchestrator, bound to its port, not yet serving.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    port: u16,
+    state: AppState,
+    supervisor_task: tokio::task::JoinHandle<()>,
+}
+
+/// Picks the backend `kind` names; for `auto`, Docker when its socket answers, else process.
+/// The log line says which one and why.
+pub async fn select_backend(config: &ServeConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    let docker = || DockerConfig {
+        socket: config.docker_socket.clone(),
+        network: config.docker_network.clone(),
+        cluster: config.cluster.clone(),
+    };
+    let process = || {
+        ProcessBackend::new(
+            config
+                .pump_binary
+                .clone()
+                .unwrap_or_else(ProcessBackend::default_binary),
+        )
+    };
+    match config.backend {
+        BackendKind::Docker => {
+            let b = DockerBackend::connect(docker()).await?;
+            tracing::info!(backend = "docker", network = %config.docker_network, "using the docker backend, as configured");
+            Ok(Arc::new(b))
+        }
+        BackendKind::Process => {
+            let b = process()?;
+            tracing::info!(backend = "process", "using the process backend, as configured");
+            Ok(Arc::new(b))
+        }
+        BackendKind::Auto => match DockerBackend::connect(docker()).await {
+            Ok(b) => {
+                tracing::info!(backend = "docker", network = %config.docker_network, "using the docker backend: no backend configured and the Docker engine answers");
+                Ok(Arc::new(b))
+            }
+            Err(e) => {
+                let b = process()?;
+                tracing::info!(backend = "process", reason = %e, "using the process backend: no backend configured and Docker does not answer");
+                Ok(Arc::new(b))
+            }
+        },
+    }
+}
+
+impl Application {
+    /// Connects to everything, restarts flows that should be running, and binds the listener.
+    ///
+    /// # Errors
+    /// Whatever cannot be reached, with what to do about it.
+    pub async fn build(config: ServeConfig) -> Result<Application, StartupError> {
+        let store = Store::connect(&config.store_url).await?;
+        let bus = Bus::connect(&config.redis_url).await?;
+        let backend = select_backend(&config).await?;
+        let dispatcher = Arc::new(Dispatcher::new(store.clone(), bus.clone()));
+        let reloaded = dispatcher.load().await?;
+        if reloaded > 0 {
+            tracing::info!(reloaded, "re-sending triggers no pump has acknowledged yet");
+        }
+        let pump_redis = config
+            .pump_redis_url
+            .clone()
+            .unwrap_or_else(|| config.redis_url.clone());
+        let supervisor = Arc::new(Supervisor::new(
+            store.clone(),
+            backend,
+            dispatcher.clone(),
+            PumpSettings {
+                default_image: config.pump_image.clone(),
+                redis_url: pump_redis,
+                heartbeat: config.heartbeat,
+                start_timeout: config.start_timeout,
+            },
+        ));
+        let supervisor_task = tokio::spawn(supervisor.clone().run(bus.clone(), config.cluster.clone()));
+        let resumed = supervisor.resume().await?;
+        if resumed > 0 {
+            tracing::info!(resumed, "started flows that should be running");
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartupError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| StartupError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        if config.api_token.is_none() {
+            tracing::warn!("no --api-token: the management API is open to anyone who can reach {local}");
+        }
+        let state = AppState {
+            store,
+            supervisor,
+            dispatcher,
+            bus,
+            api_token: config.api_token.clone(),
+            public_url: config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{local}")),
+        };
+        tracing::info!(listen = %local, store = %redact_store(&config.store_url), redis = %bus::redact(&config.redis_url), "pumphouse is ready");
+        Ok(Application {
+            listener,
+            port: local.port(),
+            state,
+            supervisor_task,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then finishes requests in flight. Pumps keep running.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = api::router(self.state);
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.supervisor_task.abort();
+        served
+    }
+}
+
+fn redact_store(url: &str) -> String {
+    bus::redact(url)
+}

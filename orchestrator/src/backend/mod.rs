@@ -1,0 +1,189 @@
+//! Backends run pumps: one per flow, started, stopped, inspected and listed by flow id.
+//!
+//! Every backend returns the same [`PumpStatus`] and [`BackendEvent`] so the supervisor never
+//! needs to know which one it drives. Backend-specific details (a container id, a pid) live in
+//! [`PumpStatus::pump_ref`].
+//!
+//! # Guarantees
+//! - `start` replaces whatever pump the flow had: after it returns, exactly one pump runs for
+//!   the flow, with the spec's instance id.
+//! - `stop` is idempotent: stopping a flow with no pump succeeds.
+//! - `events` reports each pump exit once, with its exit code and whether it was OOM-killed.
+
+pub mod docker;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+/// Label keys put on every pump container, so pumps can be found (and adopted) by label.
+pub mod labels {
+    /// Always `pumphouse`.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const FLOW: &str = "pumphouse.dev/flow";
+    /// The flow's name, for humans reading `docker ps` (container names carry only the id).
+    pub const FLOW_NAME: &str = "pumphouse.dev/flow-name";
+    pub const TENANT: &str = "pumphouse.dev/tenant";
+    pub const INSTANCE: &str = "pumphouse.dev/instance";
+    /// The orchestrator deployment that owns the pump (the `--cluster` setting); two
+    /// orchestrators sharing one engine never touch each other's pumps.
+    pub const CLUSTER: &str = "pumphouse.dev/cluster";
+    pub const MANAGED_BY_VALUE: &str = "pumphouse";
+}
+
+/// Everything a backend needs to start one pump.
+#[derive(Clone, PartialEq)]
+pub struct PumpSpec {
+    pub flow_id: String,
+    pub tenant_id: String,
+    /// Unique per start; pumps echo it in their events.
+    pub instance_id: String,
+    /// The flow's name, for humans reading `docker ps`.
+    pub flow_name: String,
+    /// Image to run (Docker, Kubernetes); the process backend ignores it.
+    pub image: Option<String>,
+    /// Contract variables, the flow's own env and its secrets. May hold secrets: never log it.
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    /// How long a pump may drain after SIGTERM before it is killed.
+    pub stop_grace: Duration,
+}
+
+impl fmt::Debug for PumpSpec {
+    // Env values may be secrets; only their names are printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PumpSpec")
+            .field("flow_id", &self.flow_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("instance_id", &self.instance_id)
+            .field("image", &self.image)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("resources", &self.resources)
+            .field("stop_grace", &self.stop_grace)
+            .finish()
+    }
+}
+
+/// Limits from the manifest; `None` means the backend's default (no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    pub memory_bytes: Option<i64>,
+    /// In thousandths of a CPU (`500` is half a core).
+    pub cpu_millis: Option<i64>,
+}
+
+/// The one status type every backend reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PumpStatus {
+    pub flow_id: String,
+    pub instance_id: Option<String>,
+    pub state: PumpState,
+    /// Container id, pid, pod name: whatever names the pump in its backend.
+    pub pump_ref: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PumpState {
+    /// Created, process not yet running.
+    Starting,
+    Running,
+    /// Ended; `oom` when the kernel killed it for memory.
+    Exited { code: Option<i64>, oom: bool },
+}
+
+/// Something that happened to a pump, pushed by the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendEvent {
+    Exited {
+        flow_id: String,
+        instance_id: Option<String>,
+        code: Option<i64>,
+        oom: bool,
+    },
+}
+
+/// Which backend to use, as given by `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Docker if its socket answers, else process.
+    Auto,
+    Docker,
+    Process,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "docker" => Ok(Self::Docker),
+            "process" => Ok(Self::Process),
+            "kubernetes" => Err(
+                "the kubernetes backend is not in this build yet; use docker or process".into(),
+            ),
+            other => Err(format!(
+                "unknown backend `{other}`; choose one of auto, docker, process"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    #[error("cannot reach the Docker engine at {socket}: {source}; start dockerd, or run with --backend process")]
+    DockerUnreachable {
+        socket: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the pump image `{image}` is not present in the Docker engine; build it with ops/build-images.sh")]
+    ImageMissing { image: String },
+    #[error("flow {flow_id} has no pump image, and the docker backend needs one; give the flow an image or set the orchestrator's default pump image")]
+    NoImage { flow_id: String },
+    #[error("Docker refused to {action} the pump of flow {flow_id}: {source}")]
+    Docker {
+        action: &'static str,
+        flow_id: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the pump binary `{path}` cannot be run: {source}; build it with `cargo build -p pumphouse-pump`, or pass --pump-binary")]
+    PumpBinary {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot signal the pump process of flow {flow_id}: {message}")]
+    Signal { flow_id: String, message: String },
+}
+
+/// A place pumps run.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// A short name for logs and the status API: `docker`, `process`.
+    fn name(&self) -> &'static str;
+
+    /// Starts the flow's pump, replacing any pump it had.
+    async fn start(&self, spec: &PumpSpec) -> Result<PumpStatus, BackendError>;
+
+    /// Sends SIGTERM, waits up to `grace`, then kills; removes what the pump left behind.
+    async fn stop(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError>;
+
+    /// The flow's pump, if it has one (running or exited and not yet removed).
+    async fn inspect(&self, flow_id: &str) -> Result<Option<PumpStatus>, BackendError>;
+
+    /// Every pump this orchestrator owns.
+    async fn list(&self) -> Result<Vec<PumpStatus>, BackendError>;
+
+    /// The last `tail` lines of the pump's output (stdout and stderr, interleaved).
+    async fn logs(&self, flow_id: &str, tail: usize) -> Result<Vec<String>, BackendError>;
+
+    /// Pump exits as they happen. Each call opens a new subscription.
+    fn events(&self) -> BoxStream<'static, BackendEvent>;
+}

@@ -1,0 +1,176 @@
+//! The trigger bus: Redis pub/sub carries triggers to pumps, and the `pumphouse:events` stream
+//! carries pump events back.
+//!
+//! Pub/sub is only the injection channel. Triggers are durable in the store before they are
+//! published, and pump events are read through a consumer group and acknowledged (`XACK`) only
+//! after they are applied, so an orchestrator restart re-reads what it had not finished.
+
+use std::future::Future;
+use std::time::Duration;
+
+use pumphouse_pump::{channels, PumpEvent, Trigger};
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands as _;
+
+/// The consumer group every orchestrator replica reads pump events through.
+const GROUP: &str = "orchestrator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("`{url}` is not a Redis URL: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("cannot reach Redis: {0}; check --redis and that redis-server is running")]
+    Unreachable(#[source] redis::RedisError),
+    #[error("Redis command failed: {0}")]
+    Command(#[from] redis::RedisError),
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    client: redis::Client,
+    conn: ConnectionManager,
+}
+
+impl Bus {
+    /// Connects and makes sure the events consumer group exists.
+    ///
+    /// # Errors
+    /// A bad URL or an unreachable server.
+    pub async fn connect(url: &str) -> Result<Bus, BusError> {
+        let client = redis::Client::open(url).map_err(|source| BusError::BadUrl {
+            url: redact(url),
+            source,
+        })?;
+        let mut conn = ConnectionManager::new(client.clone())
+            .await
+            .map_err(BusError::Unreachable)?;
+        let created: redis::RedisResult<()> = conn
+            .xgroup_create_mkstream(channels::EVENTS_STREAM, GROUP, "$")
+            .await;
+        if let Err(e) = created {
+            if e.code() != Some("BUSYGROUP") {
+                return Err(BusError::Unreachable(e));
+            }
+        }
+        Ok(Bus { client, conn })
+    }
+
+    pub async fn ping(&self) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Publishes a trigger; returns how many subscribers received it (0: no pump listening).
+    pub async fn publish(&self, flow_id: &str, trigger: &Trigger) -> Result<u64, BusError> {
+        let body = serde_json::to_string(trigger).expect("triggers always serialize");
+        let mut conn = self.conn.clone();
+        Ok(conn.publish(channels::trigger(flow_id), body).await?)
+    }
+
+    /// Reads pump events for ever, calling `apply` for each and acknowledging it after `apply`
+    /// returns. Reconnects with back-off when Redis goes away. `consumer` names this replica in
+    /// the group; a restarted replica with the same name first re-reads what it left unacked.
+    pub async fn consume_events<F, Fut>(&self, consumer: &str, mut apply: F)
+    where
+        F: FnMut(PumpEvent) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.consume_once(consumer, &mut apply).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "reading pump events failed; reconnecting");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn consume_once<F, Fut>(&self, consumer: &str, apply: &mut F) -> Result<(), BusError>
+    where
+        F: FnMut(PumpEvent) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        // A dedicated connection: XREADGROUP BLOCK would stall every other command sharing a
+        // multiplexed one.
+        let mut conn = self.client.get_multiplexed_async_connection().await?;
+        let created: redis::RedisResult<()> = conn
+            .xgroup_create_mkstream(channels::EVENTS_STREAM, GROUP, "$")
+            .await;
+        if let Err(e) = created {
+            if e.code() != Some("BUSYGROUP") {
+                return Err(e.into());
+            }
+        }
+        // "0" first: entries delivered to this consumer before and never acknowledged.
+        let mut cursor = "0".to_string();
+        loop {
+            let opts = StreamReadOptions::default()
+                .group(GROUP, consumer)
+                .count(512)
+                .block(1000);
+            let reply: Option<StreamReadReply> = conn
+                .xread_options(&[channels::EVENTS_STREAM], &[&cursor], &opts)
+                .await?;
+            let entries = reply
+                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+                .unwrap_or_default();
+            if entries.is_empty() && cursor == "0" {
+                cursor = ">".to_string();
+                continue;
+            }
+            let mut done = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let text: Option<String> = entry.get(channels::EVENT_FIELD);
+                match text.as_deref().map(serde_json::from_str::<PumpEvent>) {
+                    Some(Ok(ev)) => apply(ev).await,
+                    Some(Err(e)) => tracing::warn!(id = %entry.id, error = %e, "ignoring a pump event that does not follow the contract"),
+                    None => tracing::warn!(id = %entry.id, "ignoring a pump event with no `event` field"),
+                }
+                done.push(entry.id);
+            }
+            if !done.is_empty() {
+                let _: i64 = conn.xack(channels::EVENTS_STREAM, GROUP, &done).await?;
+            }
+        }
+    }
+}
+
+/// A Redis URL with its password hidden, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_appear_in_a_redacted_url() {
+        assert_eq!(
+            super::redact("redis://pump:s3cret@127.0.0.1:6379/0"),
+            "redis://pump:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(super::redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,27 @@
+//! pumphouse: a per-flow container orchestrator. One long-lived pump per flow, started through a
+//! pluggable backend, fed triggers over Redis, supervised from a durable store.
+//!
+//! # Layout
+//! - [`app`]: builds the service from [`app::ServeConfig`] and runs it.
+//! - [`api`]: the HTTP API (axum).
+//! - [`manifest`]: the flow manifest, parsed and checked.
+//! - [`store`]: tenants, flows, executions and flow events in SQLite or PostgreSQL.
+//! - [`backend`]: where pumps run: [`backend::docker`], [`backend::process`].
+//! - [`bus`]: Redis pub/sub for triggers, the events stream for what pumps report.
+//! - [`dispatcher`]: durable acceptance and re-delivery of triggers.
+//! - [`supervisor`]: starts and stops pumps, and applies what pumps and backends report.
+//! - [`cli`] and [`client`]: the `pumphouse` command and its API client.
+//!
+//! The pump contract itself lives in the `pumphouse-pump` crate, shared with the pumps.
+
+pub mod api;
+pub mod app;
+pub mod backend;
+pub mod bus;
+pub mod cli;
+pub mod client;
+pub mod dispatcher;
+pub mod manifest;
+pub mod store;
+pub mod supervisor;
+pub mod token;

@@ -1,0 +1,590 @@
+//! The store: tenants, flows, executions and flow events, in SQLite or PostgreSQL.
+//!
+//! One implementation serves both databases through sqlx's `Any` driver: the schema keeps to
+//! types both share (TEXT, BIGINT Unix milliseconds, JSON as TEXT) and every statement is written
+//! once with `$n` parameters, which both accept. Each database has its own migrations
+//! (`migrations/sqlite`, `migrations/postgres`) because their DDL differs.
+//!
+//! # Guarantees
+//! - A status change and the flow event that records it are written in one transaction.
+//! - An execution that finished (`completed` or `failed`) never changes again, so a duplicate
+//!   report from a pump cannot overwrite the first outcome.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row as _};
+
+/// Which database a store URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("unsupported store URL `{0}`; use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("cannot open the store: {0}; check --store and that the database is reachable")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot migrate the store: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a flow named `{0}` exists already; update it with PUT /api/flows/{{id}} or `pumphouse flow apply`")]
+    NameTaken(String),
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Flow lifecycle states, as stored and shown.
+pub mod status {
+    pub const STOPPED: &str = "stopped";
+    pub const STARTING: &str = "starting";
+    pub const RUNNING: &str = "running";
+    pub const IDLE: &str = "idle";
+    pub const ERROR: &str = "error";
+}
+
+/// Execution states, as stored and shown.
+pub mod exec_status {
+    pub const QUEUED: &str = "queued";
+    pub const RUNNING: &str = "running";
+    pub const COMPLETED: &str = "completed";
+    pub const FAILED: &str = "failed";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    /// The manifest YAML exactly as applied.
+    pub manifest: String,
+    /// `running` or `stopped`: what the user asked for.
+    pub desired_state: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    #[serde(skip)]
+    pub webhook_token_hash: String,
+    pub idle_timeout_ms: i64,
+    pub keep_alive: bool,
+    pub instance_id: Option<String>,
+    pub pump_ref: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExecutionRecord {
+    pub id: String,
+    pub flow_id: String,
+    pub seq: i64,
+    pub trigger_type: String,
+    pub status: String,
+    pub payload: Option<String>,
+    pub output: Option<String>,
+    pub error_message: Option<String>,
+    pub attempts: i64,
+    pub received_at: i64,
+    pub deadline_at: i64,
+    pub acked_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
+/// A new trigger, before the store gives it its sequence number.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    pub id: String,
+    pub flow_id: String,
+    pub trigger_type: String,
+    pub payload: Option<String>,
+    pub received_at: i64,
+    pub deadline_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowEvent {
+    pub at: i64,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub reason: String,
+    pub actor: String,
+}
+
+/// A change of a flow's status, recorded with its reason.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    pub status: &'a str,
+    pub reason: &'a str,
+    /// Who caused it: `api`, `supervisor`, `pump`.
+    pub actor: &'a str,
+    /// Also change the desired state.
+    pub desired: Option<&'a str>,
+    /// Also change the instance id and pump ref (`Some(None)` clears them).
+    pub pump: Option<(Option<&'a str>, Option<&'a str>)>,
+    /// Only apply when the flow still runs this instance (guards against stale pumps).
+    pub only_instance: Option<&'a str>,
+}
+
+impl<'a> Transition<'a> {
+    pub fn new(status: &'a str, reason: &'a str, actor: &'a str) -> Self {
+        Transition {
+            status,
+            reason,
+            actor,
+            desired: None,
+            pump: None,
+            only_instance: None,
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+const FLOW_COLUMNS: &str = "id, tenant_id, name, manifest, desired_state, status, status_reason, webhook_token_hash, idle_timeout_ms, keep_alive, instance_id, pump_ref, created_at, updated_at";
+const EXEC_COLUMNS: &str = "id, flow_id, seq, trigger_type, status, payload, output, error_message, attempts, received_at, deadline_at, acked_at, started_at, completed_at";
+
+impl Store {
+    /// Opens the store named by `url` and brings its schema up to date.
+    ///
+    /// `sqlite://path/to/file.db` creates the file when missing; `postgres://...` needs the
+    /// database to exist.
+    ///
+    /// # Errors
+    /// An unsupported URL, an unreachable database, or a failed migration.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if let Some(rest) = url.strip_prefix("sqlite://") {
+            let sep = if rest.contains('?') { '&' } else { '?' };
+            let url = if rest.contains("mode=") {
+                url.to_string()
+            } else {
+                format!("{url}{sep}mode=rwc")
+            };
+            (Dialect::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Dialect::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let mut options = AnyPoolOptions::new();
+        if dialect == Dialect::Sqlite {
+            options = options.max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the writer; NORMAL sync is still durable
+                    // across a process crash, which is what an accepted trigger needs.
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            });
+        } else {
+            options = options.max_connections(16);
+        }
+        let pool = options.connect(&url).await.map_err(StoreError::Connect)?;
+        match dialect {
+            Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
+            Dialect::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
+        }
+        Ok(Store { pool, dialect })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ensure_tenant(&self, id: &str, name: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a new flow and its first event.
+    ///
+    /// # Errors
+    /// [`StoreError::NameTaken`] when the tenant has a flow of that name.
+    pub async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(&format!(
+            "INSERT INTO flows ({FLOW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ))
+        .bind(&flow.id)
+        .bind(&flow.tenant_id)
+        .bind(&flow.name)
+        .bind(&flow.manifest)
+        .bind(&flow.desired_state)
+        .bind(&flow.status)
+        .bind(&flow.status_reason)
+        .bind(&flow.webhook_token_hash)
+        .bind(flow.idle_timeout_ms)
+        .bind(flow.keep_alive as i64)
+        .bind(&flow.instance_id)
+        .bind(&flow.pump_ref)
+        .bind(flow.created_at)
+        .bind(flow.updated_at)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = res {
+            return Err(if is_unique_violation(&e) {
+                StoreError::NameTaken(flow.name.clone())
+            } else {
+                e.into()
+            });
+        }
+        insert_event(&mut tx, &flow.id, None, &flow.status, "created", "api").await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces a flow's manifest (and the fields derived from it).
+    pub async fn update_manifest(
+        &self,
+        id: &str,
+        manifest: &str,
+        idle_timeout_ms: i64,
+        keep_alive: bool,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE flows SET manifest = $2, idle_timeout_ms = $3, keep_alive = $4, updated_at = $5 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(manifest)
+        .bind(idle_timeout_ms)
+        .bind(keep_alive as i64)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let status: String = sqlx::query("SELECT status FROM flows WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("status")?;
+        insert_event(&mut tx, id, Some(&status), &status, "manifest updated", "api").await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn get_flow(&self, id: &str) -> Result<Option<FlowRecord>> {
+        let row = sqlx::query(&format!("SELECT {FLOW_COLUMNS} FROM flows WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| flow_from_row(&r)).transpose()
+    }
+
+    pub async fn get_flow_by_name(&self, tenant_id: &str, name: &str) -> Result<Option<FlowRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {FLOW_COLUMNS} FROM flows WHERE tenant_id = $1 AND name = $2"
+        ))
+        .bind(tenant_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| flow_from_row(&r)).transpose()
+    }
+
+    pub async fn list_flows(&self, tenant_id: &str) -> Result<Vec<FlowRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {FLOW_COLUMNS} FROM flows WHERE tenant_id = $1 ORDER BY name"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(flow_from_row).collect()
+    }
+
+    /// Flows whose desired state is `running`, across tenants.
+    pub async fn flows_wanted_running(&self) -> Result<Vec<FlowRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {FLOW_COLUMNS} FROM flows WHERE desired_state = 'running'"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(flow_from_row).collect()
+    }
+
+    /// Changes a flow's status and records why, atomically. Returns `false` (and changes
+    /// nothing) when the flow is gone or no longer runs `only_instance`.
+    pub async fn transition(&self, id: &str, t: Transition<'_>) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        // The event goes in first: its INSERT ... SELECT reads the old status and, on SQLite,
+        // takes the write lock at once, so the transaction never has to upgrade a read lock.
+        let recorded = sqlx::query(
+            "INSERT INTO flow_events (flow_id, at, from_status, to_status, reason, actor) SELECT id, $2, status, $3, $4, $5 FROM flows WHERE id = $1 AND ($6 IS NULL OR instance_id = $6)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(t.status)
+        .bind(t.reason)
+        .bind(t.actor)
+        .bind(t.only_instance)
+        .execute(&mut *tx)
+        .await?;
+        if recorded.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE flows SET status = $2, status_reason = $3, updated_at = $4, desired_state = COALESCE($5, desired_state) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(t.status)
+        .bind(t.reason)
+        .bind(now)
+        .bind(t.desired)
+        .execute(&mut *tx)
+        .await?;
+        if let Some((instance, pump_ref)) = t.pump {
+            sqlx::query("UPDATE flows SET instance_id = $2, pump_ref = $3 WHERE id = $1")
+                .bind(id)
+                .bind(instance)
+                .bind(pump_ref)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Deletes a flow with its executions and events.
+    pub async fn delete_flow(&self, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["executions", "flow_events"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE flow_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let res = sqlx::query("DELETE FROM flows WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    pub async fn flow_events(&self, flow_id: &str, limit: i64) -> Result<Vec<FlowEvent>> {
+        let rows = sqlx::query(
+            "SELECT at, from_status, to_status, reason, actor FROM flow_events WHERE flow_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(flow_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FlowEvent {
+                    at: r.try_get("at")?,
+                    from_status: r.try_get("from_status")?,
+                    to_status: r.try_get("to_status")?,
+                    reason: r.try_get("reason")?,
+                    actor: r.try_get("actor")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a trigger durably, queued, with its first delivery attempt counted. Returns its
+    /// sequence number.
+    pub async fn insert_execution(&self, e: &NewExecution) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO executions (id, flow_id, trigger_type, status, payload, attempts, received_at, deadline_at) VALUES ($1, $2, $3, 'queued', $4, 1, $5, $6) RETURNING seq",
+        )
+        .bind(&e.id)
+        .bind(&e.flow_id)
+        .bind(&e.trigger_type)
+        .bind(&e.payload)
+        .bind(e.received_at)
+        .bind(e.deadline_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("seq")?)
+    }
+
+    pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>> {
+        let row = sqlx::query(&format!("SELECT {EXEC_COLUMNS} FROM executions WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| exec_from_row(&r)).transpose()
+    }
+
+    /// The flow's most recent executions, newest first.
+    pub async fn list_executions(&self, flow_id: &str, limit: i64) -> Result<Vec<ExecutionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EXEC_COLUMNS} FROM executions WHERE flow_id = $1 ORDER BY seq DESC LIMIT $2"
+        ))
+        .bind(flow_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(exec_from_row).collect()
+    }
+
+    /// Executions no pump has acknowledged yet, oldest first: the redelivery queue.
+    pub async fn unacked_executions(&self) -> Result<Vec<ExecutionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'queued' AND acked_at IS NULL ORDER BY seq"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(exec_from_row).collect()
+    }
+
+    pub async fn count_attempt(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE executions SET attempts = attempts + 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The pump has the trigger.
+    pub async fn mark_acked(&self, id: &str, at: i64) -> Result<()> {
+        sqlx::query("UPDATE executions SET acked_at = COALESCE(acked_at, $2) WHERE id = $1")
+            .bind(id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mark_running(&self, id: &str, at: i64) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE executions SET status = 'running', started_at = $2, acked_at = COALESCE(acked_at, $2) WHERE id = $1 AND status = 'queued'",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Finishes an execution unless it is finished already. Returns whether it changed.
+    pub async fn finish_execution(
+        &self,
+        id: &str,
+        outcome: std::result::Result<&str, &str>,
+        at: i64,
+    ) -> Result<bool> {
+        let (status, output, error) = match outcome {
+            Ok(output) => (exec_status::COMPLETED, Some(output), None),
+            Err(error) => (exec_status::FAILED, None, Some(error)),
+        };
+        let res = sqlx::query(
+            "UPDATE executions SET status = $2, output = $3, error_message = $4, completed_at = $5, started_at = COALESCE(started_at, $5) WHERE id = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(output)
+        .bind(error)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    flow_id: &str,
+    from: Option<&str>,
+    to: &str,
+    reason: &str,
+    actor: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO flow_events (flow_id, at, from_status, to_status, reason, actor) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(flow_id)
+    .bind(now_ms())
+    .bind(from)
+    .bind(to)
+    .bind(reason)
+    .bind(actor)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+fn flow_from_row(r: &AnyRow) -> Result<FlowRecord> {
+    Ok(FlowRecord {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        name: r.try_get("name")?,
+        manifest: r.try_get("manifest")?,
+        desired_state: r.try_get("desired_state")?,
+        status: r.try_get("status")?,
+        status_reason: r.try_get("status_reason")?,
+        webhook_token_hash: r.try_get("webhook_token_hash")?,
+        idle_timeout_ms: r.try_get("idle_timeout_ms")?,
+        keep_alive: r.try_get::<i64, _>("keep_alive")? != 0,
+        instance_id: r.try_get("instance_id")?,
+        pump_ref: r.try_get("pump_ref")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn exec_from_row(r: &AnyRow) -> Result<ExecutionRecord> {
+    Ok(ExecutionRecord {
+        id: r.try_get("id")?,
+        flow_id: r.try_get("flow_id")?,
+        seq: r.try_get("seq")?,
+        trigger_type: r.try_get("trigger_type")?,
+        status: r.try_get("status")?,
+        payload: r.try_get("payload")?,
+        output: r.try_get("output")?,
+        error_message: r.try_get("error_message")?,
+        attempts: r.try_get("attempts")?,
+        received_at: r.try_get("received_at")?,
+        deadline_at: r.try_get("deadline_at")?,
+        acked_at: r.try_get("acked_at")?,
+        started_at: r.try_get("started_at")?,
+        completed_at: r.try_get("completed_at")?,
+    })
+}
