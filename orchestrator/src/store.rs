@@ -381,6 +381,17 @@ impl Store {
         Ok(true)
     }
 
+    /// Records what names the pump in its backend, if the flow still runs `instance_id`.
+    pub async fn set_pump_ref(&self, id: &str, instance_id: &str, pump_ref: &str) -> Result<()> {
+        sqlx::query("UPDATE flows SET pump_ref = $3 WHERE id = $1 AND instance_id = $2")
+            .bind(id)
+            .bind(instance_id)
+            .bind(pump_ref)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Deletes a flow with its executions and events.
     pub async fn delete_flow(&self, id: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;

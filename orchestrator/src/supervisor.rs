@@ -141,10 +141,8 @@ impl Supervisor {
         match self.backend.start(&spec).await {
             Ok(started) => {
                 tracing::info!(flow_id = %flow.id, flow = %flow.name, instance_id, pump = %started.pump_ref, backend = self.backend.name(), "pump started");
-                let mut t = Transition::new(status::STARTING, "pump created; waiting for its ready signal", "supervisor");
-                t.pump = Some((Some(&instance_id), Some(&started.pump_ref)));
-                t.only_instance = Some(&instance_id);
-                self.store.transition(&flow.id, t).await?;
+                // Not a status change: the pump may already have reported ready.
+                self.store.set_pump_ref(&flow.id, &instance_id, &started.pump_ref).await?;
             }
             Err(e) => {
                 let reason = format!("the backend could not start the pump: {e}");

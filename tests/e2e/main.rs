@@ -1,1 +1,8 @@
+//! End-to-end tests against real Redis, PostgreSQL, Docker and the reference pump.
+//! One test binary, a module per feature; the harness is the `pumphouse_e2e` library.
 
+mod api;
+mod cli;
+mod flows;
+mod store;
+mod triggers;

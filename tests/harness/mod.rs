@@ -1,0 +1,518 @@
+//! The end-to-end harness: starts private Redis and PostgreSQL servers on free loopback ports,
+//! an orchestrator on port 0, and removes what it started when dropped.
+//!
+//! Nothing is shared between tests: each gets its own Redis, its own SQLite file or PostgreSQL
+//! cluster, and its own `cluster` label for pump containers. A missing dependency fails loudly
+//! with the command that fixes it. Set `TEST_LOG=1` to see the orchestrator's logs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use pumphouse::app::{Application, ServeConfig};
+use pumphouse::backend::BackendKind;
+use serde_json::{json, Value};
+
+/// How long any one wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The pump image the Docker tests run; built by `ops/build-images.sh`.
+pub const PUMP_IMAGE: &str = "pumphouse/pump:dev";
+
+static TRACING: Once = Once::new();
+
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let filter = if filter == "1" { "info".to_string() } else { filter };
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a loopback port")
+}
+
+/// A short unique name for this test's resources.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn require_program(name: &str, fix: &str) -> PathBuf {
+    let candidates = [
+        PathBuf::from(format!("/usr/bin/{name}")),
+        PathBuf::from(format!("/usr/local/bin/{name}")),
+        PathBuf::from(format!("/usr/lib/postgresql/15/bin/{name}")),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("`{name}` is not installed; {fix}"))
+}
+
+/// A private redis-server, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let bin = require_program(
+            "redis-server",
+            "run ops/test.sh (it installs it) or `apt-get install -y redis-server`",
+        );
+        let port = free_port();
+        let child = Command::new(bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        let server = RedisServer { port, child };
+        let client = redis::Client::open(server.url()).expect("a valid URL");
+        let started = Instant::now();
+        loop {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+                if pong.is_ok() {
+                    return server;
+                }
+            }
+            assert!(started.elapsed() < DEADLINE, "redis-server on port {port} never answered PING");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private PostgreSQL cluster with one database, stopped and removed on drop. PostgreSQL
+/// refuses to run as root, so as root it runs as the `postgres` user.
+pub struct PostgresServer {
+    dir: PathBuf,
+    pub port: u16,
+    pg_ctl: PathBuf,
+}
+
+impl PostgresServer {
+    pub fn start() -> PostgresServer {
+        let fix = "run ops/test.sh (it installs it) or `apt-get install -y postgresql`";
+        let initdb = require_program("initdb", fix);
+        let pg_ctl = require_program("pg_ctl", fix);
+        let dir = std::env::temp_dir().join(unique("pumphouse-pg"));
+        std::fs::create_dir_all(&dir).expect("creating the PostgreSQL directory");
+        let as_root = nix_is_root();
+        if as_root {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres", dir.to_str().expect("utf-8 path")])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "cannot chown {} to the postgres user; is the postgres user there? {fix}", dir.display());
+        }
+        let run = |program: &Path, args: &[&str]| {
+            let mut cmd = if as_root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            };
+            let out = cmd.args(args).output().expect("running a PostgreSQL tool");
+            assert!(
+                out.status.success(),
+                "{} failed: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let data = dir.join("data");
+        let data_s = data.to_str().expect("utf-8 path");
+        run(&initdb, &["-D", data_s, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -F -c max_connections=200",
+            dir.display()
+        );
+        let log = dir.join("log");
+        run(&pg_ctl, &["-D", data_s, "-o", &opts, "-l", log.to_str().expect("utf-8"), "-w", "start"]);
+        PostgresServer { dir, port, pg_ctl }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let mut cmd = if nix_is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&self.pg_ctl);
+            c
+        } else {
+            Command::new(&self.pg_ctl)
+        };
+        let _ = cmd
+            .args(["-D", data.to_str().unwrap_or(""), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether this process runs as root, read from /proc so no unsafe libc call is needed.
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The reference pump binary cargo built beside this test.
+pub fn pump_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/debug/deps/e2e-xxxx -> target/debug/pump
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("pump"))
+        .expect("a target directory");
+    assert!(
+        bin.exists(),
+        "the reference pump is not built at {}; run `cargo build -p pumphouse-pump` (ops/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `pumphouse` binary cargo built beside this test.
+pub fn pumphouse_binary() -> PathBuf {
+    let bin = pump_binary().with_file_name("pumphouse");
+    assert!(bin.exists(), "`pumphouse` is not built at {}; run `cargo build` (ops/test.sh does)", bin.display());
+    bin
+}
+
+/// Connects to the Docker engine, failing loudly when it does not answer, and removes pump
+/// containers left by earlier test processes that are no longer alive.
+pub async fn docker() -> bollard::Docker {
+    let docker = bollard::Docker::connect_with_socket_defaults()
+        .expect("a Docker client")
+        .negotiate_version()
+        .await
+        .unwrap_or_else(|e| panic!("the Docker engine does not answer ({e}); start it with ops/test.sh, which starts dockerd"));
+    docker.ping().await.unwrap_or_else(|e| {
+        panic!("the Docker engine does not answer ({e}); start it with ops/test.sh, which starts dockerd")
+    });
+    let image = docker.inspect_image(PUMP_IMAGE).await;
+    assert!(
+        image.is_ok(),
+        "the pump image {PUMP_IMAGE} is missing; build it with ops/build-images.sh (ops/test.sh does)"
+    );
+    remove_dead_test_containers(&docker).await;
+    docker
+}
+
+async fn remove_dead_test_containers(docker: &bollard::Docker) {
+    use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("{}={}", pumphouse::backend::labels::MANAGED_BY, pumphouse::backend::labels::MANAGED_BY_VALUE)],
+    )]);
+    let list = docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+        .await
+        .unwrap_or_default();
+    for c in list {
+        let cluster = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(pumphouse::backend::labels::CLUSTER))
+            .cloned()
+            .unwrap_or_default();
+        // Test clusters are named test-<pid>-<random>; a dead pid means a finished test process.
+        let Some(pid) = cluster.strip_prefix("test-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Some(id) = c.id {
+                let _ = docker
+                    .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Which backend a test's orchestrator uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Docker,
+    Process,
+}
+
+/// A running orchestrator with its own Redis and store.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub redis: RedisServer,
+    pub cluster: String,
+    pub backend: Backend,
+    pub store_url: String,
+    _dir: TempDir,
+    server: tokio::task::JoinHandle<()>,
+    docker: Option<bollard::Docker>,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A flow the harness created, with its one-time webhook token.
+#[derive(Debug, Clone)]
+pub struct TestFlow {
+    pub id: String,
+    pub name: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts an orchestrator; `tweak` may change its configuration first.
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+        init_tracing();
+        let docker = match backend {
+            Backend::Docker => Some(docker().await),
+            Backend::Process => None,
+        };
+        let redis = RedisServer::start().await;
+        let dir = TempDir::new("pumphouse-test");
+        let store_url = format!("sqlite://{}", dir.0.join("pumphouse.db").display());
+        let cluster = unique("test");
+        let mut config = ServeConfig::local(&store_url, &redis.url());
+        config.listen = "127.0.0.1:0".parse().expect("an address");
+        config.backend = match backend {
+            Backend::Docker => BackendKind::Docker,
+            Backend::Process => BackendKind::Process,
+        };
+        config.pump_binary = Some(pump_binary());
+        config.pump_image = PUMP_IMAGE.into();
+        config.docker_network = "host".into();
+        config.cluster = cluster.clone();
+        config.heartbeat = Duration::from_millis(500);
+        config.start_timeout = Duration::from_secs(20);
+        tweak(&mut config);
+        let store_url = config.store_url.clone();
+        let app = Application::build(config).await.expect("the orchestrator starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let server = tokio::spawn(async move {
+            let _ = app.run_until_stopped(std::future::pending()).await;
+        });
+        TestApp {
+            base,
+            http: reqwest::Client::new(),
+            redis,
+            cluster,
+            backend,
+            store_url,
+            _dir: dir,
+            server,
+            docker,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(self.url(path)).send().await.expect("GET answered");
+        read(resp).await
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST answered");
+        read(resp).await
+    }
+
+    /// Creates a flow from a manifest and returns it with its webhook token.
+    pub async fn create_flow(&self, manifest: &str) -> TestFlow {
+        let (code, body) = self.post("/api/flows", manifest).await;
+        assert_eq!(code, 201, "creating a flow: {body}");
+        let token = body["webhook_token"].as_str().expect("a webhook token").to_string();
+        TestFlow {
+            id: body["flow"]["id"].as_str().expect("an id").to_string(),
+            name: body["flow"]["name"].as_str().expect("a name").to_string(),
+            token,
+        }
+    }
+
+    pub async fn start(&self, flow: &TestFlow) {
+        let (code, body) = self.post(&format!("/api/flows/{}/start", flow.id), "").await;
+        assert!(code == 202 || code == 200, "starting {}: {code} {body}", flow.name);
+    }
+
+    /// Waits until the flow's status is `want`, failing the test at the deadline with the
+    /// status it has instead.
+    pub async fn wait_status(&self, flow: &TestFlow, want: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, s) = self.get(&format!("/api/flows/{}/status", flow.id)).await;
+            if s["status"] == want {
+                return s;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "flow {} never became {want}; status now: {s:#}",
+                flow.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn webhook(&self, flow: &TestFlow, body: &Value) -> (u16, Value) {
+        self.post(
+            &format!("/api/triggers/{}/webhook/{}", flow.id, flow.token),
+            &body.to_string(),
+        )
+        .await
+    }
+
+    /// Waits until an execution has finished (completed or failed) and returns it.
+    pub async fn wait_execution(&self, flow: &TestFlow, execution_id: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let (code, e) = self
+                .get(&format!("/api/flows/{}/executions/{execution_id}", flow.id))
+                .await;
+            assert_eq!(code, 200, "reading execution {execution_id}: {e}");
+            if e["status"] == "completed" || e["status"] == "failed" {
+                return e;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "execution {execution_id} never finished; now: {e:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn executions(&self, flow: &TestFlow) -> Vec<Value> {
+        let (code, v) = self.get(&format!("/api/flows/{}/executions", flow.id)).await;
+        assert_eq!(code, 200, "{v}");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The flow's container, if the Docker backend has one.
+    pub async fn container(&self, flow: &TestFlow) -> Option<bollard::models::ContainerInspectResponse> {
+        let docker = self.docker.as_ref().expect("a Docker test");
+        let name = format!("pumphouse-{}-{}", self.cluster, flow.id);
+        docker.inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>).await.ok()
+    }
+}
+
+async fn read(resp: reqwest::Response) -> (u16, Value) {
+    let code = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let value = serde_json::from_str(&text).unwrap_or(json!(text));
+    (code, value)
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+        if let Some(docker) = self.docker.take() {
+            // Remove this test's pumps; a blocking pass is fine at the end of a test.
+            let cluster = self.cluster.clone();
+            let handle = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                rt.block_on(async move {
+                    use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+                    let filters = std::collections::HashMap::from([(
+                        "label".to_string(),
+                        vec![format!("{}={cluster}", pumphouse::backend::labels::CLUSTER)],
+                    )]);
+                    let list = docker
+                        .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+                        .await
+                        .unwrap_or_default();
+                    for c in list {
+                        if let Some(id) = c.id {
+                            let _ = docker
+                                .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                                .await;
+                        }
+                    }
+                });
+            });
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A manifest for the reference pump with the given steps (YAML list items, indented by 4).
+pub fn manifest(name: &str, extra: &str, steps: &str) -> String {
+    format!("name: {name}\n{extra}config:\n  steps:\n{steps}")
+}
