@@ -113,7 +113,10 @@ pub async fn select_backend(config: &ServeConfig) -> Result<Arc<dyn Backend>, Ba
         }
         BackendKind::Process => {
             let b = process()?;
-            tracing::info!(backend = "process", "using the process backend, as configured");
+            tracing::info!(
+                backend = "process",
+                "using the process backend, as configured"
+            );
             Ok(Arc::new(b))
         }
         BackendKind::Auto => match DockerBackend::connect(docker()).await {
@@ -159,7 +162,8 @@ impl Application {
                 start_timeout: config.start_timeout,
             },
         ));
-        let supervisor_task = tokio::spawn(supervisor.clone().run(bus.clone(), config.cluster.clone()));
+        let supervisor_task =
+            tokio::spawn(supervisor.clone().run(bus.clone(), config.cluster.clone()));
         let resumed = supervisor.resume().await?;
         if resumed > 0 {
             tracing::info!(resumed, "started flows that should be running");
@@ -170,12 +174,16 @@ impl Application {
                 addr: config.listen,
                 source,
             })?;
-        let local = listener.local_addr().map_err(|source| StartupError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         if config.api_token.is_none() {
-            tracing::warn!("no --api-token: the management API is open to anyone who can reach {local}");
+            tracing::warn!(
+                "no --api-token: the management API is open to anyone who can reach {local}"
+            );
         }
         let state = AppState {
             store,

@@ -132,8 +132,12 @@ impl Bus {
                 let text: Option<String> = entry.get(channels::EVENT_FIELD);
                 match text.as_deref().map(serde_json::from_str::<PumpEvent>) {
                     Some(Ok(ev)) => apply(ev).await,
-                    Some(Err(e)) => tracing::warn!(id = %entry.id, error = %e, "ignoring a pump event that does not follow the contract"),
-                    None => tracing::warn!(id = %entry.id, "ignoring a pump event with no `event` field"),
+                    Some(Err(e)) => {
+                        tracing::warn!(id = %entry.id, error = %e, "ignoring a pump event that does not follow the contract")
+                    }
+                    None => {
+                        tracing::warn!(id = %entry.id, "ignoring a pump event with no `event` field")
+                    }
                 }
                 done.push(entry.id);
             }
@@ -171,6 +175,9 @@ mod tests {
             super::redact("redis://pump:s3cret@127.0.0.1:6379/0"),
             "redis://pump:***@127.0.0.1:6379/0"
         );
-        assert_eq!(super::redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            super::redact("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

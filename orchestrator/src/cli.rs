@@ -18,7 +18,12 @@ use crate::client::Client;
 #[command(name = "pumphouse", version, about = "Per-flow container orchestrator")]
 struct Cli {
     /// The pumphouse API to talk to.
-    #[arg(long, global = true, env = "PUMPHOUSE_API", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "PUMPHOUSE_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
     api: String,
     /// API token, when the server requires one.
     #[arg(long, global = true, env = "PUMPHOUSE_TOKEN", hide_env_values = true)]
@@ -30,7 +35,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the orchestrator.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage flows.
     #[command(subcommand)]
     Flow(FlowCommand),
@@ -88,9 +93,19 @@ struct ServeArgs {
     #[arg(long, env = "PUMPHOUSE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// sqlite://FILE (created when missing) or postgres://USER:PASSWORD@HOST/DB.
-    #[arg(long, env = "PUMPHOUSE_STORE", default_value = "sqlite://pumphouse.db", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PUMPHOUSE_STORE",
+        default_value = "sqlite://pumphouse.db",
+        hide_env_values = true
+    )]
     store: String,
-    #[arg(long, env = "PUMPHOUSE_REDIS", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PUMPHOUSE_REDIS",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     redis: String,
     /// REDIS_URL for pumps, when they reach Redis at another address than the orchestrator.
     #[arg(long, env = "PUMPHOUSE_PUMP_REDIS", hide_env_values = true)]
@@ -104,7 +119,11 @@ struct ServeArgs {
     /// Network mode for pump containers: host, bridge or a network's name.
     #[arg(long, env = "PUMPHOUSE_DOCKER_NETWORK", default_value = "host")]
     docker_network: String,
-    #[arg(long, env = "PUMPHOUSE_PUMP_IMAGE", default_value = "pumphouse/pump:dev")]
+    #[arg(
+        long,
+        env = "PUMPHOUSE_PUMP_IMAGE",
+        default_value = "pumphouse/pump:dev"
+    )]
     pump_image: String,
     /// The pump program for the process backend; `pump` beside this binary by default.
     #[arg(long, env = "PUMPHOUSE_PUMP_BINARY")]
@@ -154,19 +173,24 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.api, cli.token.clone());
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Flow(cmd) => flow(&client, cmd).await,
         Command::Trigger { name, data } => {
             let body = match data {
                 Some(d) => {
-                    serde_json::from_str::<Value>(&d)
-                        .context("--data is not JSON; quote it, like --data '{\"name\": \"ada\"}'")?;
+                    serde_json::from_str::<Value>(&d).context(
+                        "--data is not JSON; quote it, like --data '{\"name\": \"ada\"}'",
+                    )?;
                     Some((d.into_bytes(), "application/json"))
                 }
                 None => None,
             };
             let v = client
-                .call(reqwest::Method::POST, &format!("/api/triggers/{name}/inject"), body)
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/triggers/{name}/inject"),
+                    body,
+                )
                 .await?;
             println!(
                 "accepted: execution {} (see it with `pumphouse flow executions {name}`)",
@@ -239,7 +263,14 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read the manifest {}", file.display()))?;
             let name = crate::manifest::Manifest::parse(&String::from_utf8_lossy(&text))
                 .map(|m| m.name)
-                .map_err(|e| anyhow::anyhow!("{}: {}{}", file.display(), e.message, e.line.map(|l| format!(" (line {l})")).unwrap_or_default()))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: {}{}",
+                        file.display(),
+                        e.message,
+                        e.line.map(|l| format!(" (line {l})")).unwrap_or_default()
+                    )
+                })?;
             let existing = client.get("/api/flows").await?;
             let found = existing
                 .as_array()
@@ -248,7 +279,11 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
                 Some(f) => {
                     let id = f["id"].as_str().unwrap_or(&name).to_string();
                     let v = client
-                        .call(reqwest::Method::PUT, &format!("/api/flows/{id}"), Some((text, "application/yaml")))
+                        .call(
+                            reqwest::Method::PUT,
+                            &format!("/api/flows/{id}"),
+                            Some((text, "application/yaml")),
+                        )
                         .await?;
                     println!("flow {name} updated");
                     if v["restart_required"].as_bool() == Some(true) {
@@ -257,9 +292,16 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
                 }
                 None => {
                     let v = client
-                        .call(reqwest::Method::POST, "/api/flows", Some((text, "application/yaml")))
+                        .call(
+                            reqwest::Method::POST,
+                            "/api/flows",
+                            Some((text, "application/yaml")),
+                        )
                         .await?;
-                    println!("flow {name} created (id {})", v["flow"]["id"].as_str().unwrap_or("?"));
+                    println!(
+                        "flow {name} created (id {})",
+                        v["flow"]["id"].as_str().unwrap_or("?")
+                    );
                     println!("webhook URL (shown only now; keep it secret):");
                     println!("  {}", v["webhook_url"].as_str().unwrap_or("?"));
                     println!("start it with: pumphouse flow start {name}");
@@ -281,7 +323,11 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        FlowCommand::Start { name, no_wait, timeout } => {
+        FlowCommand::Start {
+            name,
+            no_wait,
+            timeout,
+        } => {
             client.post(&format!("/api/flows/{name}/start")).await?;
             if no_wait {
                 println!("flow {name} is starting");
@@ -314,19 +360,34 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
         }
         FlowCommand::Status { name } => {
             let s = client.get(&format!("/api/flows/{name}/status")).await?;
-            println!("flow:     {} ({})", s["name"].as_str().unwrap_or(""), s["id"].as_str().unwrap_or(""));
-            println!("status:   {} (desired: {})", s["status"].as_str().unwrap_or(""), s["desired_state"].as_str().unwrap_or(""));
+            println!(
+                "flow:     {} ({})",
+                s["name"].as_str().unwrap_or(""),
+                s["id"].as_str().unwrap_or("")
+            );
+            println!(
+                "status:   {} (desired: {})",
+                s["status"].as_str().unwrap_or(""),
+                s["desired_state"].as_str().unwrap_or("")
+            );
             if let Some(reason) = s["reason"].as_str() {
                 println!("reason:   {reason}");
             }
             println!("backend:  {}", s["backend"].as_str().unwrap_or(""));
             if s["pump"].is_object() {
                 let p = &s["pump"];
-                println!("pump:     {} {}", p["pump_ref"].as_str().unwrap_or(""), p["state"].as_str().unwrap_or(""));
+                println!(
+                    "pump:     {} {}",
+                    p["pump_ref"].as_str().unwrap_or(""),
+                    p["state"].as_str().unwrap_or("")
+                );
             }
             if s["heartbeat"].is_object() {
                 let h = &s["heartbeat"];
-                println!("heartbeat: in flight {}, processed {}", h["in_flight"], h["processed"]);
+                println!(
+                    "heartbeat: in flight {}, processed {}",
+                    h["in_flight"], h["processed"]
+                );
             }
             println!("recent events:");
             for e in s["events"].as_array().into_iter().flatten() {
@@ -341,15 +402,22 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
             Ok(())
         }
         FlowCommand::Logs { name, tail } => {
-            let v = client.get(&format!("/api/flows/{name}/logs?tail={tail}")).await?;
+            let v = client
+                .get(&format!("/api/flows/{name}/logs?tail={tail}"))
+                .await?;
             for line in v["lines"].as_array().into_iter().flatten() {
                 println!("{}", line.as_str().unwrap_or(""));
             }
             Ok(())
         }
         FlowCommand::Executions { name, limit } => {
-            let v = client.get(&format!("/api/flows/{name}/executions?limit={limit}")).await?;
-            println!("{:<36} {:<8} {:<9} {:>8} OUTPUT/ERROR", "ID", "TRIGGER", "STATUS", "MS");
+            let v = client
+                .get(&format!("/api/flows/{name}/executions?limit={limit}"))
+                .await?;
+            println!(
+                "{:<36} {:<8} {:<9} {:>8} OUTPUT/ERROR",
+                "ID", "TRIGGER", "STATUS", "MS"
+            );
             for e in v.as_array().into_iter().flatten() {
                 let detail = if e["status"] == "failed" {
                     e["error"].as_str().unwrap_or("").to_string()
@@ -361,7 +429,10 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
                     e["id"].as_str().unwrap_or(""),
                     e["trigger_type"].as_str().unwrap_or(""),
                     e["status"].as_str().unwrap_or(""),
-                    e["duration_ms"].as_i64().map(|d| d.to_string()).unwrap_or_default(),
+                    e["duration_ms"]
+                        .as_i64()
+                        .map(|d| d.to_string())
+                        .unwrap_or_default(),
                     detail
                 );
             }

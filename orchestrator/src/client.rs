@@ -43,7 +43,9 @@ impl Client {
             req = req.bearer_auth(token);
         }
         if let Some((bytes, content_type)) = body {
-            req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
         }
         let unreachable = |source| ClientError::Unreachable {
             api: self.api.clone(),

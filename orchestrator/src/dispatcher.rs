@@ -184,7 +184,9 @@ impl Dispatcher {
             ids
         };
         for id in ids {
-            self.store.finish_execution(&id, Err(reason), now_ms()).await?;
+            self.store
+                .finish_execution(&id, Err(reason), now_ms())
+                .await?;
         }
         Ok(())
     }

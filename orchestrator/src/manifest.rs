@@ -164,8 +164,8 @@ impl Manifest {
         let memory_bytes = match &self.resources.memory {
             None => None,
             Some(v) => {
-                let bytes = parse_memory(v)
-                    .map_err(|m| ManifestError::field("resources.memory", m))?;
+                let bytes =
+                    parse_memory(v).map_err(|m| ManifestError::field("resources.memory", m))?;
                 if bytes < 6 * 1024 * 1024 {
                     return Err(ManifestError::field(
                         "resources.memory",
@@ -194,7 +194,11 @@ impl Manifest {
     }
 
     pub fn delivery_timeout(&self) -> Result<Duration, ManifestError> {
-        duration_field("deliveryTimeout", &self.delivery_timeout, DEFAULT_DELIVERY_TIMEOUT)
+        duration_field(
+            "deliveryTimeout",
+            &self.delivery_timeout,
+            DEFAULT_DELIVERY_TIMEOUT,
+        )
     }
 }
 
@@ -256,7 +260,11 @@ fn parse_memory(v: &serde_yaml::Value) -> Result<i64, String> {
         "k" | "K" => 1e3,
         "M" => 1e6,
         "G" => 1e9,
-        _ => return Err(format!("`{text}` has an unknown unit; use Ki, Mi, Gi, k, M or G")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit; use Ki, Mi, Gi, k, M or G"
+            ))
+        }
     };
     Ok((n * mult) as i64)
 }
@@ -266,7 +274,11 @@ fn parse_cpu(v: &serde_yaml::Value) -> Result<i64, String> {
         serde_yaml::Value::Number(n) => n.as_f64().map(|f| (f * 1000.0).round() as i64),
         serde_yaml::Value::String(s) => match s.trim().strip_suffix('m') {
             Some(m) => m.parse::<i64>().ok(),
-            None => s.trim().parse::<f64>().ok().map(|f| (f * 1000.0).round() as i64),
+            None => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .map(|f| (f * 1000.0).round() as i64),
         },
         _ => None,
     };
@@ -307,12 +319,27 @@ mod tests {
     fn bad_fields_are_named() {
         let cases = [
             ("name: Hello_World\nconfig: {a: 1}\n", "name"),
-            ("name: a\nenv: {FLOW_ID: x}\nconfig: {a: 1}\n", "env.FLOW_ID"),
+            (
+                "name: a\nenv: {FLOW_ID: x}\nconfig: {a: 1}\n",
+                "env.FLOW_ID",
+            ),
             ("name: a\nenv: {1X: x}\nconfig: {a: 1}\n", "env.1X"),
-            ("name: a\nresources: {memory: 1Mi}\nconfig: {a: 1}\n", "resources.memory"),
-            ("name: a\nresources: {memory: 5Zi}\nconfig: {a: 1}\n", "resources.memory"),
-            ("name: a\nresources: {cpu: lots}\nconfig: {a: 1}\n", "resources.cpu"),
-            ("name: a\nidleTimeout: soon\nconfig: {a: 1}\n", "idleTimeout"),
+            (
+                "name: a\nresources: {memory: 1Mi}\nconfig: {a: 1}\n",
+                "resources.memory",
+            ),
+            (
+                "name: a\nresources: {memory: 5Zi}\nconfig: {a: 1}\n",
+                "resources.memory",
+            ),
+            (
+                "name: a\nresources: {cpu: lots}\nconfig: {a: 1}\n",
+                "resources.cpu",
+            ),
+            (
+                "name: a\nidleTimeout: soon\nconfig: {a: 1}\n",
+                "idleTimeout",
+            ),
             ("name: a\nconfig:\n", "config"),
         ];
         for (text, field) in cases {

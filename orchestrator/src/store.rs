@@ -190,10 +190,18 @@ impl Store {
                 Box::pin(async move {
                     // WAL lets readers run beside the writer; NORMAL sync is still durable
                     // across a process crash, which is what an accepted trigger needs.
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
@@ -294,7 +302,15 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
             .try_get("status")?;
-        insert_event(&mut tx, id, Some(&status), &status, "manifest updated", "api").await?;
+        insert_event(
+            &mut tx,
+            id,
+            Some(&status),
+            &status,
+            "manifest updated",
+            "api",
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -307,7 +323,11 @@ impl Store {
         row.map(|r| flow_from_row(&r)).transpose()
     }
 
-    pub async fn get_flow_by_name(&self, tenant_id: &str, name: &str) -> Result<Option<FlowRecord>> {
+    pub async fn get_flow_by_name(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<FlowRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {FLOW_COLUMNS} FROM flows WHERE tenant_id = $1 AND name = $2"
         ))
@@ -448,10 +468,12 @@ impl Store {
     }
 
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>> {
-        let row = sqlx::query(&format!("SELECT {EXEC_COLUMNS} FROM executions WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {EXEC_COLUMNS} FROM executions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| exec_from_row(&r)).transpose()
     }
 

@@ -91,11 +91,20 @@ impl Supervisor {
     }
 
     pub fn heartbeat(&self, flow_id: &str) -> Option<Heartbeat> {
-        self.heartbeats.lock().expect("heartbeats lock").get(flow_id).cloned()
+        self.heartbeats
+            .lock()
+            .expect("heartbeats lock")
+            .get(flow_id)
+            .cloned()
     }
 
     /// The environment a flow's pump gets: the contract's variables, then the flow's own.
-    pub fn pump_env(&self, flow: &FlowRecord, manifest: &Manifest, instance_id: &str) -> BTreeMap<String, String> {
+    pub fn pump_env(
+        &self,
+        flow: &FlowRecord,
+        manifest: &Manifest,
+        instance_id: &str,
+    ) -> BTreeMap<String, String> {
         let mut vars = manifest.env.clone();
         let config = base64::engine::general_purpose::STANDARD.encode(manifest.config_yaml());
         for (k, v) in [
@@ -104,9 +113,18 @@ impl Supervisor {
             (env::INSTANCE_ID, instance_id.to_string()),
             (env::ORGANISM_YAML, config),
             (env::REDIS_URL, self.settings.redis_url.clone()),
-            (env::TENANT_PREFIX, channels::tenant_prefix(&flow.tenant_id, &flow.id)),
-            (env::CONTRACT_VERSION, pumphouse_pump::CONTRACT_VERSION.to_string()),
-            (env::HEARTBEAT_MS, self.settings.heartbeat.as_millis().to_string()),
+            (
+                env::TENANT_PREFIX,
+                channels::tenant_prefix(&flow.tenant_id, &flow.id),
+            ),
+            (
+                env::CONTRACT_VERSION,
+                pumphouse_pump::CONTRACT_VERSION.to_string(),
+            ),
+            (
+                env::HEARTBEAT_MS,
+                self.settings.heartbeat.as_millis().to_string(),
+            ),
         ] {
             vars.insert(k.to_string(), v);
         }
@@ -115,11 +133,16 @@ impl Supervisor {
 
     /// Starts the flow's pump (replacing any it had) and waits for nothing: the flow is
     /// `starting` until the pump reports ready.
-    pub async fn start(self: &Arc<Self>, flow: &FlowRecord, actor: &str) -> Result<(), SupervisorError> {
-        let manifest = Manifest::parse(&flow.manifest).map_err(|source| SupervisorError::Manifest {
-            flow_id: flow.id.clone(),
-            source,
-        })?;
+    pub async fn start(
+        self: &Arc<Self>,
+        flow: &FlowRecord,
+        actor: &str,
+    ) -> Result<(), SupervisorError> {
+        let manifest =
+            Manifest::parse(&flow.manifest).map_err(|source| SupervisorError::Manifest {
+                flow_id: flow.id.clone(),
+                source,
+            })?;
         let instance_id = uuid::Uuid::new_v4().to_string();
         let reason = format!("start requested by {actor}");
         let mut t = Transition::new(status::STARTING, &reason, actor);
@@ -133,16 +156,25 @@ impl Supervisor {
             tenant_id: flow.tenant_id.clone(),
             instance_id: instance_id.clone(),
             flow_name: flow.name.clone(),
-            image: Some(manifest.image.clone().unwrap_or_else(|| self.settings.default_image.clone())),
+            image: Some(
+                manifest
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| self.settings.default_image.clone()),
+            ),
             env: self.pump_env(flow, &manifest, &instance_id),
             resources: manifest.resources().unwrap_or_default(),
-            stop_grace: manifest.stop_grace().unwrap_or(crate::manifest::DEFAULT_STOP_GRACE),
+            stop_grace: manifest
+                .stop_grace()
+                .unwrap_or(crate::manifest::DEFAULT_STOP_GRACE),
         };
         match self.backend.start(&spec).await {
             Ok(started) => {
                 tracing::info!(flow_id = %flow.id, flow = %flow.name, instance_id, pump = %started.pump_ref, backend = self.backend.name(), "pump started");
                 // Not a status change: the pump may already have reported ready.
-                self.store.set_pump_ref(&flow.id, &instance_id, &started.pump_ref).await?;
+                self.store
+                    .set_pump_ref(&flow.id, &instance_id, &started.pump_ref)
+                    .await?;
             }
             Err(e) => {
                 let reason = format!("the backend could not start the pump: {e}");
@@ -194,10 +226,16 @@ impl Supervisor {
         if !self.store.transition(&flow.id, t).await? {
             return Err(SupervisorError::NotFound(flow.id.clone()));
         }
-        self.heartbeats.lock().expect("heartbeats lock").remove(&flow.id);
+        self.heartbeats
+            .lock()
+            .expect("heartbeats lock")
+            .remove(&flow.id);
         self.backend.stop(&flow.id, grace).await?;
         self.dispatcher
-            .fail_flow(&flow.id, "the flow was stopped before a pump acknowledged this trigger")
+            .fail_flow(
+                &flow.id,
+                "the flow was stopped before a pump acknowledged this trigger",
+            )
             .await?;
         Ok(())
     }
@@ -213,7 +251,11 @@ impl Supervisor {
     pub async fn apply_pump_event(&self, ev: PumpEvent) -> Result<(), StoreError> {
         let at = now_ms();
         match ev {
-            PumpEvent::Ready { flow_id, instance_id, .. } => {
+            PumpEvent::Ready {
+                flow_id,
+                instance_id,
+                ..
+            } => {
                 let mut t = Transition::new(status::RUNNING, "pump reported ready", "pump");
                 t.only_instance = Some(&instance_id);
                 let flow = self.store.get_flow(&flow_id).await?;
@@ -221,10 +263,22 @@ impl Supervisor {
                     self.store.transition(&flow_id, t).await?;
                 }
             }
-            PumpEvent::Heartbeat { flow_id, instance_id, in_flight, last_activity_ms, processed } => {
+            PumpEvent::Heartbeat {
+                flow_id,
+                instance_id,
+                in_flight,
+                last_activity_ms,
+                processed,
+            } => {
                 self.heartbeats.lock().expect("heartbeats lock").insert(
                     flow_id,
-                    Heartbeat { instance_id, received_at: at, in_flight, last_activity_ms, processed },
+                    Heartbeat {
+                        instance_id,
+                        received_at: at,
+                        in_flight,
+                        last_activity_ms,
+                        processed,
+                    },
                 );
             }
             PumpEvent::Ack { trigger_id, .. } => {
@@ -235,15 +289,25 @@ impl Supervisor {
                 self.dispatcher.acknowledged(&trigger_id);
                 self.store.mark_running(&trigger_id, at).await?;
             }
-            PumpEvent::Completed { trigger_id, output, .. } => {
+            PumpEvent::Completed {
+                trigger_id, output, ..
+            } => {
                 self.dispatcher.acknowledged(&trigger_id);
-                self.store.finish_execution(&trigger_id, Ok(&output.to_string()), at).await?;
+                self.store
+                    .finish_execution(&trigger_id, Ok(&output.to_string()), at)
+                    .await?;
             }
-            PumpEvent::Failed { trigger_id, error, .. } => {
+            PumpEvent::Failed {
+                trigger_id, error, ..
+            } => {
                 self.dispatcher.acknowledged(&trigger_id);
-                self.store.finish_execution(&trigger_id, Err(&error), at).await?;
+                self.store
+                    .finish_execution(&trigger_id, Err(&error), at)
+                    .await?;
             }
-            PumpEvent::Draining { flow_id, in_flight, .. } => {
+            PumpEvent::Draining {
+                flow_id, in_flight, ..
+            } => {
                 tracing::info!(flow_id, in_flight, "pump is draining");
             }
         }
@@ -252,7 +316,12 @@ impl Supervisor {
 
     /// Applies one backend event: an exit the flow did not ask for puts it in `error`.
     pub async fn apply_backend_event(&self, ev: BackendEvent) -> Result<(), StoreError> {
-        let BackendEvent::Exited { flow_id, instance_id, code, oom } = ev;
+        let BackendEvent::Exited {
+            flow_id,
+            instance_id,
+            code,
+            oom,
+        } = ev;
         let Some(instance_id) = instance_id else {
             return Ok(());
         };
@@ -263,15 +332,26 @@ impl Supervisor {
             return Ok(());
         }
         let code_text = code.map_or("an unknown code".to_string(), |c| format!("code {c}"));
-        let when = if flow.status == status::STARTING { "before it was ready" } else { "unexpectedly" };
-        let oom_text = if oom { " (killed for exceeding its memory limit)" } else { "" };
+        let when = if flow.status == status::STARTING {
+            "before it was ready"
+        } else {
+            "unexpectedly"
+        };
+        let oom_text = if oom {
+            " (killed for exceeding its memory limit)"
+        } else {
+            ""
+        };
         let tail = self.log_tail(&flow_id).await;
         let reason = format!("the pump exited {when} with {code_text}{oom_text}{tail}");
         tracing::warn!(flow_id, flow = %flow.name, ?code, oom, "pump exited");
         let mut t = Transition::new(status::ERROR, &reason, "supervisor");
         t.only_instance = Some(&instance_id);
         self.store.transition(&flow_id, t).await?;
-        self.heartbeats.lock().expect("heartbeats lock").remove(&flow_id);
+        self.heartbeats
+            .lock()
+            .expect("heartbeats lock")
+            .remove(&flow_id);
         Ok(())
     }
 
@@ -373,7 +453,10 @@ impl Supervisor {
             let pump = self.backend.inspect(&flow.id).await?;
             let alive = pump.is_some_and(|p| {
                 p.instance_id == flow.instance_id
-                    && matches!(p.state, crate::backend::PumpState::Running | crate::backend::PumpState::Starting)
+                    && matches!(
+                        p.state,
+                        crate::backend::PumpState::Running | crate::backend::PumpState::Starting
+                    )
             });
             if alive || flow.status == status::ERROR {
                 continue;

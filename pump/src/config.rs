@@ -30,7 +30,10 @@ pub enum Step {
     /// Print a line to the pump's log.
     Log(String),
     /// Store a JSON value under `TENANT_PREFIX` + `key`.
-    Set { key: String, value: serde_json::Value },
+    Set {
+        key: String,
+        value: serde_json::Value,
+    },
     /// Read `TENANT_PREFIX` + `key` into `vars.<as>` (`null` if absent).
     Get {
         key: String,
@@ -90,7 +93,9 @@ impl Config {
     pub fn from_yaml(text: &str) -> Result<Config, String> {
         let config: Config = serde_yaml::from_str(text).map_err(|e| format!("config: {e}"))?;
         if config.steps.is_empty() {
-            return Err("config: `steps` is empty; give at least one step, like `- log: hello`".into());
+            return Err(
+                "config: `steps` is empty; give at least one step, like `- log: hello`".into(),
+            );
         }
         for (i, step) in config.steps.iter().enumerate() {
             if let Step::Http(h) = step {
@@ -135,7 +140,9 @@ mod tests {
 
     #[test]
     fn an_empty_step_list_and_a_bad_url_are_refused() {
-        assert!(Config::from_yaml("steps: []\n").unwrap_err().contains("empty"));
+        assert!(Config::from_yaml("steps: []\n")
+            .unwrap_err()
+            .contains("empty"));
         let err = Config::from_yaml("steps:\n  - http: {url: ftp://x}\n").unwrap_err();
         assert!(err.contains("steps[0].http.url"), "{err}");
     }

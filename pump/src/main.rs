@@ -41,9 +41,12 @@ fn required(name: &str) -> Result<String, String> {
 
 fn settings() -> Result<Settings, String> {
     let heartbeat = match std::env::var(env::HEARTBEAT_MS) {
-        Ok(v) => v
-            .parse::<u64>()
-            .map_err(|_| format!("{} must be a number of milliseconds, not `{v}`", env::HEARTBEAT_MS))?,
+        Ok(v) => v.parse::<u64>().map_err(|_| {
+            format!(
+                "{} must be a number of milliseconds, not `{v}`",
+                env::HEARTBEAT_MS
+            )
+        })?,
         Err(_) => 5_000,
     };
     Ok(Settings {
@@ -112,7 +115,10 @@ async fn run(s: Settings) -> Result<(), String> {
     let redis = connect_manager(&client).await;
     let flow_id = s.flow_id.clone();
     let instance_id = s.instance_id.clone();
-    eprintln!("pump: flow {flow_id} instance {instance_id} starting, {} steps", s.config.steps.len());
+    eprintln!(
+        "pump: flow {flow_id} instance {instance_id} starting, {} steps",
+        s.config.steps.len()
+    );
 
     let start_delay = s.config.start_delay;
     let (events_tx, events_rx) = mpsc::unbounded_channel::<PumpEvent>();
@@ -177,7 +183,10 @@ async fn run(s: Settings) -> Result<(), String> {
     heartbeat.abort();
     drop(events_tx);
     // Events still unsent after this are redelivered triggers for the next pump, not lost ones.
-    if tokio::time::timeout(Duration::from_secs(5), emitter).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), emitter)
+        .await
+        .is_err()
+    {
         eprintln!("pump: Redis unreachable while draining; some events were not sent");
     }
     eprintln!("pump: drained, exiting");
@@ -352,7 +361,12 @@ fn accept(
     let mut l = ledger.lock().expect("ledger lock");
     if let Some(outcome) = l.finished.get(&trigger.id) {
         // A copy of a finished trigger: its result event may have been lost, so say it again.
-        let _ = events.send(outcome_event(flow_id, instance_id, &trigger.id, outcome.clone()));
+        let _ = events.send(outcome_event(
+            flow_id,
+            instance_id,
+            &trigger.id,
+            outcome.clone(),
+        ));
         return;
     }
     if !l.pending.insert(trigger.id.clone()) {
@@ -405,7 +419,15 @@ async fn work(
         if let Err(e) = &outcome {
             eprintln!("pump: trigger {} failed: {e}", trigger.id);
         }
-        let _ = events.send(outcome_event(&flow_id, &instance_id, &trigger.id, outcome.clone()));
-        ledger.lock().expect("ledger lock").finish(trigger.id, outcome);
+        let _ = events.send(outcome_event(
+            &flow_id,
+            &instance_id,
+            &trigger.id,
+            outcome.clone(),
+        ));
+        ledger
+            .lock()
+            .expect("ledger lock")
+            .finish(trigger.id, outcome);
     }
 }

@@ -130,12 +130,22 @@ mod tests {
 
     #[test]
     fn a_lone_placeholder_keeps_json_shape_and_mixed_text_interpolates() {
-        let scope = json!({"payload": {"n": 3, "name": "ada"}, "vars": {}, "trigger": {"id": "t1"}});
-        assert_eq!(render(&json!("{{payload}}"), &scope), json!({"n": 3, "name": "ada"}));
+        let scope =
+            json!({"payload": {"n": 3, "name": "ada"}, "vars": {}, "trigger": {"id": "t1"}});
         assert_eq!(
-            render(&json!({"msg": "hi {{payload.name}} #{{payload.n}} ({{trigger.id}})"}), &scope),
+            render(&json!("{{payload}}"), &scope),
+            json!({"n": 3, "name": "ada"})
+        );
+        assert_eq!(
+            render(
+                &json!({"msg": "hi {{payload.name}} #{{payload.n}} ({{trigger.id}})"}),
+                &scope
+            ),
             json!({"msg": "hi ada #3 (t1)"})
         );
-        assert_eq!(render_str("missing: [{{vars.nope}}]", &scope), "missing: []");
+        assert_eq!(
+            render_str("missing: [{{vars.nope}}]", &scope),
+            "missing: []"
+        );
     }
 }

@@ -5,20 +5,36 @@ use pumphouse_e2e::{manifest, Backend, TestApp};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_manifest_gets_422_naming_line_and_column_and_nothing_is_stored() {
     let app = TestApp::spawn(Backend::Process).await;
-    let (code, body) = app.post("/api/flows", "name: ok\nconfig:\n  steps: [\n    - log: x\n").await;
+    let (code, body) = app
+        .post(
+            "/api/flows",
+            "name: ok\nconfig:\n  steps: [\n    - log: x\n",
+        )
+        .await;
     assert_eq!(code, 422, "{body}");
     assert!(body["line"].is_u64(), "{body}");
     assert!(body["column"].is_u64(), "{body}");
 
     let (code, body) = app
-        .post("/api/flows", "name: ok\nresources: {memory: lots}\nconfig: {steps: [{log: x}]}\n")
+        .post(
+            "/api/flows",
+            "name: ok\nresources: {memory: lots}\nconfig: {steps: [{log: x}]}\n",
+        )
         .await;
     assert_eq!(code, 422);
     assert_eq!(body["field"], "resources.memory", "{body}");
 
-    let (code, body) = app.post("/api/flows", "name: ok\nimage: x\nsurprise: 1\nconfig: {a: 1}\n").await;
+    let (code, body) = app
+        .post(
+            "/api/flows",
+            "name: ok\nimage: x\nsurprise: 1\nconfig: {a: 1}\n",
+        )
+        .await;
     assert_eq!(code, 422);
-    assert!(body["error"].as_str().unwrap().contains("surprise"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("surprise"),
+        "{body}"
+    );
     assert_eq!(body["line"], 3);
 
     let (_, flows) = app.get("/api/flows").await;
@@ -28,24 +44,41 @@ async fn an_invalid_manifest_gets_422_naming_line_and_column_and_nothing_is_stor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_token_is_shown_once_and_never_listed() {
     let app = TestApp::spawn(Backend::Process).await;
-    let flow = app.create_flow(&manifest("secretive", "", "    - log: x\n")).await;
+    let flow = app
+        .create_flow(&manifest("secretive", "", "    - log: x\n"))
+        .await;
     assert!(flow.token.len() >= 22, "at least 128 bits");
-    for path in ["/api/flows".to_string(), format!("/api/flows/{}", flow.id), format!("/api/flows/{}/status", flow.id)] {
+    for path in [
+        "/api/flows".to_string(),
+        format!("/api/flows/{}", flow.id),
+        format!("/api/flows/{}/status", flow.id),
+    ] {
         let (_, body) = app.get(&path).await;
-        assert!(!body.to_string().contains(&flow.token), "{path} leaks the token");
+        assert!(
+            !body.to_string().contains(&flow.token),
+            "{path} leaks the token"
+        );
     }
-    let (code, body) = app.post("/api/flows", &manifest("secretive", "", "    - log: y\n")).await;
+    let (code, body) = app
+        .post("/api/flows", &manifest("secretive", "", "    - log: y\n"))
+        .await;
     assert_eq!(code, 409, "names are unique: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_replaces_the_manifest_and_a_rename_is_refused() {
     let app = TestApp::spawn(Backend::Process).await;
-    let flow = app.create_flow(&manifest("editable", "", "    - log: one\n")).await;
+    let flow = app
+        .create_flow(&manifest("editable", "", "    - log: one\n"))
+        .await;
     let resp = app
         .http
         .put(app.url(&format!("/api/flows/{}", flow.name)))
-        .body(manifest("editable", "idleTimeout: 2m\n", "    - log: two\n"))
+        .body(manifest(
+            "editable",
+            "idleTimeout: 2m\n",
+            "    - log: two\n",
+        ))
         .send()
         .await
         .unwrap();
@@ -68,7 +101,13 @@ async fn with_an_api_token_the_management_routes_refuse_anonymous_calls() {
     let app = TestApp::spawn_with(Backend::Process, |c| c.api_token = Some("letmein".into())).await;
     let (code, body) = app.get("/api/flows").await;
     assert_eq!(code, 401, "{body}");
-    let resp = app.http.get(app.url("/api/flows")).bearer_auth("letmein").send().await.unwrap();
+    let resp = app
+        .http
+        .get(app.url("/api/flows"))
+        .bearer_auth("letmein")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let (code, _) = app.get("/healthz").await;
     assert_eq!(code, 200, "health stays open");

@@ -10,7 +10,11 @@ fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
         .env("PUMPHOUSE_API", &app.base)
         .output()
         .expect("running pumphouse");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -19,28 +23,48 @@ async fn the_cli_applies_starts_triggers_and_stops_a_flow() {
     let app = TestApp::spawn(Backend::Process).await;
     let dir = TempDir::new("pumphouse-cli");
     let file = dir.0.join("flow.yaml");
-    std::fs::write(&file, "name: cli-flow\nconfig:\n  steps:\n    - respond: {echo: '{{payload.x}}'}\n").unwrap();
+    std::fs::write(
+        &file,
+        "name: cli-flow\nconfig:\n  steps:\n    - respond: {echo: '{{payload.x}}'}\n",
+    )
+    .unwrap();
     let file = file.to_str().unwrap();
 
     let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["flow", "apply", "-f", file]));
     assert!(ok, "{out}");
-    assert!(out.contains("flow cli-flow created") && out.contains("/webhook/"), "{out}");
+    assert!(
+        out.contains("flow cli-flow created") && out.contains("/webhook/"),
+        "{out}"
+    );
     let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["flow", "apply", "-f", file]));
-    assert!(ok && out.contains("flow cli-flow updated"), "apply is idempotent: {out}");
+    assert!(
+        ok && out.contains("flow cli-flow updated"),
+        "apply is idempotent: {out}"
+    );
 
     let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["flow", "start", "cli-flow"]));
     assert!(ok && out.contains("is running"), "{out}");
     let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["flow", "ls"]));
-    assert!(ok && out.contains("cli-flow") && out.contains("running"), "{out}");
+    assert!(
+        ok && out.contains("cli-flow") && out.contains("running"),
+        "{out}"
+    );
 
-    let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["trigger", "cli-flow", "--data", r#"{"x": 42}"#]));
+    let (ok, out) = tokio::task::block_in_place(|| {
+        cli(&app, &["trigger", "cli-flow", "--data", r#"{"x": 42}"#])
+    });
     assert!(ok && out.contains("accepted: execution"), "{out}");
     let exec_id = out.split_whitespace().nth(2).unwrap().to_string();
-    let flow = pumphouse_e2e::TestFlow { id: "cli-flow".into(), name: "cli-flow".into(), token: String::new() };
+    let flow = pumphouse_e2e::TestFlow {
+        id: "cli-flow".into(),
+        name: "cli-flow".into(),
+        token: String::new(),
+    };
     let exec = app.wait_execution(&flow, &exec_id).await;
     assert_eq!(exec["output"], serde_json::json!({"echo": 42}));
 
-    let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["trigger", "cli-flow", "--data", "not json"]));
+    let (ok, out) =
+        tokio::task::block_in_place(|| cli(&app, &["trigger", "cli-flow", "--data", "not json"]));
     assert!(!ok && out.contains("--data is not JSON"), "{out}");
     let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["flow", "status", "cli-flow"]));
     assert!(ok && out.contains("status:   running"), "{out}");

@@ -5,10 +5,16 @@ use serde_json::json;
 
 const HELLO_STEPS: &str = "    - log: 'got {{payload.name}}'\n    - set: {key: last, value: '{{payload}}'}\n    - get: {key: last, as: back}\n    - respond: {hello: '{{vars.back.name}}', trigger: '{{trigger.id}}'}\n";
 
-async fn a_flow_runs_end_to_end(backend: Backend) -> (TestApp, pumphouse_e2e::TestFlow, serde_json::Value) {
+async fn a_flow_runs_end_to_end(
+    backend: Backend,
+) -> (TestApp, pumphouse_e2e::TestFlow, serde_json::Value) {
     let app = TestApp::spawn(backend).await;
     let flow = app
-        .create_flow(&manifest("hello", "resources: {memory: 64Mi, cpu: 500m}\n", HELLO_STEPS))
+        .create_flow(&manifest(
+            "hello",
+            "resources: {memory: 64Mi, cpu: 500m}\n",
+            HELLO_STEPS,
+        ))
         .await;
     app.start(&flow).await;
     let status = app.wait_status(&flow, "running").await;
@@ -22,21 +28,36 @@ async fn a_flow_runs_end_to_end(backend: Backend) -> (TestApp, pumphouse_e2e::Te
     assert_eq!(exec["output"], json!({"hello": "ada", "trigger": exec_id}));
     assert_eq!(exec["payload"], json!({"name": "ada"}));
     assert_eq!(exec["trigger_type"], "webhook");
-    assert!(exec["acked_at"].is_i64() && exec["started_at"].is_i64() && exec["completed_at"].is_i64(), "{exec:#}");
+    assert!(
+        exec["acked_at"].is_i64() && exec["started_at"].is_i64() && exec["completed_at"].is_i64(),
+        "{exec:#}"
+    );
 
     // The pump kept its memory under the flow's prefix.
-    let mut redis = redis::Client::open(app.redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut redis = redis::Client::open(app.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let stored: String = redis::cmd("GET")
         .arg(format!("tenant:default:flow:{}:last", flow.id))
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&stored).unwrap(), json!({"name": "ada"}));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stored).unwrap(),
+        json!({"name": "ada"})
+    );
 
-    let (code, logs) = app.get(&format!("/api/flows/{}/logs?tail=50", flow.id)).await;
+    let (code, logs) = app
+        .get(&format!("/api/flows/{}/logs?tail=50", flow.id))
+        .await;
     assert_eq!(code, 200);
     let lines = logs["lines"].as_array().unwrap();
-    assert!(lines.iter().any(|l| l == "got ada"), "the pump's log line is readable: {logs:#}");
+    assert!(
+        lines.iter().any(|l| l == "got ada"),
+        "the pump's log line is readable: {logs:#}"
+    );
     (app, flow, status)
 }
 
@@ -44,14 +65,25 @@ async fn a_flow_runs_end_to_end(backend: Backend) -> (TestApp, pumphouse_e2e::Te
 async fn docker_flow_starts_serves_a_webhook_and_stops_leaving_no_container() {
     let (app, flow, status) = a_flow_runs_end_to_end(Backend::Docker).await;
     assert_eq!(status["backend"], "docker");
-    let c = app.container(&flow).await.expect("the pump container exists while running");
+    let c = app
+        .container(&flow)
+        .await
+        .expect("the pump container exists while running");
     let labels = c.config.as_ref().unwrap().labels.clone().unwrap();
     assert_eq!(labels["pumphouse.dev/flow"], flow.id);
     assert_eq!(labels["pumphouse.dev/tenant"], "default");
     assert_eq!(labels["app.kubernetes.io/managed-by"], "pumphouse");
     let host = c.host_config.unwrap();
-    assert_eq!(host.memory, Some(64 * 1024 * 1024), "memory limit from the manifest");
-    assert_eq!(host.nano_cpus, Some(500_000_000), "CPU limit from the manifest");
+    assert_eq!(
+        host.memory,
+        Some(64 * 1024 * 1024),
+        "memory limit from the manifest"
+    );
+    assert_eq!(
+        host.nano_cpus,
+        Some(500_000_000),
+        "CPU limit from the manifest"
+    );
     assert_eq!(host.network_mode.as_deref(), Some("host"));
     let env = c.config.unwrap().env.unwrap();
     assert!(env.contains(&format!("FLOW_ID={}", flow.id)));
@@ -60,19 +92,30 @@ async fn docker_flow_starts_serves_a_webhook_and_stops_leaving_no_container() {
     let (code, body) = app.post(&format!("/api/flows/{}/stop", flow.id), "").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], "stopped");
-    assert!(app.container(&flow).await.is_none(), "the container is removed after stop");
+    assert!(
+        app.container(&flow).await.is_none(),
+        "the container is removed after stop"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_flow_starts_serves_a_webhook_and_stops_leaving_no_process() {
     let (app, flow, status) = a_flow_runs_end_to_end(Backend::Process).await;
     assert_eq!(status["backend"], "process");
-    let pid = status["pump"]["pump_ref"].as_str().unwrap().strip_prefix("pid:").unwrap().to_string();
+    let pid = status["pump"]["pump_ref"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("pid:")
+        .unwrap()
+        .to_string();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
     let (code, body) = app.post(&format!("/api/flows/{}/stop", flow.id), "").await;
     assert_eq!(code, 200, "{body}");
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the pump process is gone after stop");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the pump process is gone after stop"
+    );
     let (_, status) = app.get(&format!("/api/flows/{}/status", flow.id)).await;
     assert_eq!(status["status"], "stopped");
     assert!(status["pump"].is_null(), "{status:#}");
@@ -80,12 +123,20 @@ async fn process_flow_starts_serves_a_webhook_and_stops_leaving_no_process() {
 
 async fn a_pump_with_bad_config_puts_the_flow_in_error(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let flow = app.create_flow(&manifest("broken", "", "    - explode: now\n")).await;
+    let flow = app
+        .create_flow(&manifest("broken", "", "    - explode: now\n"))
+        .await;
     app.start(&flow).await;
     let status = app.wait_status(&flow, "error").await;
     let reason = status["reason"].as_str().unwrap();
-    assert!(reason.contains("exited before it was ready with code 2"), "{reason}");
-    assert!(reason.contains("unknown variant `explode`"), "the pump's own message is shown: {reason}");
+    assert!(
+        reason.contains("exited before it was ready with code 2"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("unknown variant `explode`"),
+        "the pump's own message is shown: {reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,11 +152,23 @@ async fn process_pump_with_bad_config_puts_the_flow_in_error_with_its_own_messag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_running_flow_stops_its_pump_and_forgets_it() {
     let app = TestApp::spawn(Backend::Process).await;
-    let flow = app.create_flow(&manifest("doomed", "", "    - log: hi\n")).await;
+    let flow = app
+        .create_flow(&manifest("doomed", "", "    - log: hi\n"))
+        .await;
     app.start(&flow).await;
     let status = app.wait_status(&flow, "running").await;
-    let pid = status["pump"]["pump_ref"].as_str().unwrap().strip_prefix("pid:").unwrap().to_string();
-    let resp = app.http.delete(app.url(&format!("/api/flows/{}", flow.id))).send().await.unwrap();
+    let pid = status["pump"]["pump_ref"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("pid:")
+        .unwrap()
+        .to_string();
+    let resp = app
+        .http
+        .delete(app.url(&format!("/api/flows/{}", flow.id)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 204);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     let (code, _) = app.get(&format!("/api/flows/{}", flow.id)).await;

@@ -41,13 +41,34 @@ async fn store_suite(store: Store) {
     let a = flow("alpha");
     store.create_flow(&a).await.unwrap();
     assert_eq!(store.get_flow(&a.id).await.unwrap().unwrap(), a);
-    assert_eq!(store.get_flow_by_name("t1", "alpha").await.unwrap().unwrap().id, a.id);
-    assert!(store.get_flow_by_name("t2", "alpha").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .get_flow_by_name("t1", "alpha")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        a.id
+    );
+    assert!(store
+        .get_flow_by_name("t2", "alpha")
+        .await
+        .unwrap()
+        .is_none());
     let dup = store.create_flow(&flow("alpha")).await.unwrap_err();
-    assert!(matches!(dup, StoreError::NameTaken(ref n) if n == "alpha"), "{dup:?}");
+    assert!(
+        matches!(dup, StoreError::NameTaken(ref n) if n == "alpha"),
+        "{dup:?}"
+    );
     let b = flow("beta");
     store.create_flow(&b).await.unwrap();
-    let names: Vec<_> = store.list_flows("t1").await.unwrap().into_iter().map(|f| f.name).collect();
+    let names: Vec<_> = store
+        .list_flows("t1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
     assert_eq!(names, ["alpha", "beta"]);
 
     // Transitions are recorded with reasons, and the instance guard refuses stale pumps.
@@ -57,29 +78,62 @@ async fn store_suite(store: Store) {
     assert!(store.transition(&a.id, t).await.unwrap());
     let mut stale = Transition::new(status::RUNNING, "pump reported ready", "pump");
     stale.only_instance = Some("inst-0");
-    assert!(!store.transition(&a.id, stale).await.unwrap(), "a stale instance changes nothing");
+    assert!(
+        !store.transition(&a.id, stale).await.unwrap(),
+        "a stale instance changes nothing"
+    );
     let mut fresh = Transition::new(status::RUNNING, "pump reported ready", "pump");
     fresh.only_instance = Some("inst-1");
     assert!(store.transition(&a.id, fresh).await.unwrap());
     let got = store.get_flow(&a.id).await.unwrap().unwrap();
-    assert_eq!((got.status.as_str(), got.desired_state.as_str()), ("running", "running"));
+    assert_eq!(
+        (got.status.as_str(), got.desired_state.as_str()),
+        ("running", "running")
+    );
     assert_eq!(got.instance_id.as_deref(), Some("inst-1"));
     assert_eq!(got.pump_ref.as_deref(), Some("pid:1"));
     let events = store.flow_events(&a.id, 10).await.unwrap();
-    let seen: Vec<_> = events.iter().map(|e| (e.from_status.clone(), e.to_status.clone(), e.reason.clone())).collect();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.from_status.clone(), e.to_status.clone(), e.reason.clone()))
+        .collect();
     assert_eq!(
         seen,
         [
-            (Some("starting".into()), "running".into(), "pump reported ready".into()),
-            (Some("stopped".into()), "starting".into(), "start requested by api".into()),
+            (
+                Some("starting".into()),
+                "running".into(),
+                "pump reported ready".into()
+            ),
+            (
+                Some("stopped".into()),
+                "starting".into(),
+                "start requested by api".into()
+            ),
             (None, "stopped".into(), "created".into()),
         ]
     );
     store.set_pump_ref(&a.id, "inst-0", "pid:99").await.unwrap();
     store.set_pump_ref(&a.id, "inst-1", "pid:2").await.unwrap();
-    assert_eq!(store.get_flow(&a.id).await.unwrap().unwrap().pump_ref.as_deref(), Some("pid:2"), "only the current instance's ref is kept");
-    assert!(!store.transition("no-such-flow", Transition::new(status::ERROR, "x", "api")).await.unwrap());
-    assert!(store.update_manifest(&a.id, "name: alpha\nconfig: {b: 2}\n", 60_000, true).await.unwrap());
+    assert_eq!(
+        store
+            .get_flow(&a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .pump_ref
+            .as_deref(),
+        Some("pid:2"),
+        "only the current instance's ref is kept"
+    );
+    assert!(!store
+        .transition("no-such-flow", Transition::new(status::ERROR, "x", "api"))
+        .await
+        .unwrap());
+    assert!(store
+        .update_manifest(&a.id, "name: alpha\nconfig: {b: 2}\n", 60_000, true)
+        .await
+        .unwrap());
     let got = store.get_flow(&a.id).await.unwrap().unwrap();
     assert!(got.keep_alive && got.idle_timeout_ms == 60_000 && got.manifest.contains("b: 2"));
 
@@ -89,23 +143,47 @@ async fn store_suite(store: Store) {
     let s1 = store.insert_execution(&e1).await.unwrap();
     let s2 = store.insert_execution(&e2).await.unwrap();
     assert!(s2 > s1);
-    let unacked: Vec<_> = store.unacked_executions().await.unwrap().into_iter().map(|e| e.id).collect();
+    let unacked: Vec<_> = store
+        .unacked_executions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
     assert_eq!(unacked, [e1.id.clone(), e2.id.clone()]);
     store.count_attempt(&e1.id).await.unwrap();
     store.mark_acked(&e1.id, now_ms()).await.unwrap();
     assert!(store.mark_running(&e1.id, now_ms()).await.unwrap());
-    assert!(store.finish_execution(&e1.id, Ok(r#"{"ok":true}"#), now_ms()).await.unwrap());
-    assert!(!store.finish_execution(&e1.id, Err("late duplicate"), now_ms()).await.unwrap());
+    assert!(store
+        .finish_execution(&e1.id, Ok(r#"{"ok":true}"#), now_ms())
+        .await
+        .unwrap());
+    assert!(!store
+        .finish_execution(&e1.id, Err("late duplicate"), now_ms())
+        .await
+        .unwrap());
     let done = store.get_execution(&e1.id).await.unwrap().unwrap();
     assert_eq!(done.status, "completed");
     assert_eq!(done.output.as_deref(), Some(r#"{"ok":true}"#));
     assert_eq!(done.attempts, 2);
     assert!(done.acked_at.is_some() && done.started_at.is_some() && done.completed_at.is_some());
-    assert!(store.finish_execution(&e2.id, Err("deadline passed"), now_ms()).await.unwrap());
+    assert!(store
+        .finish_execution(&e2.id, Err("deadline passed"), now_ms())
+        .await
+        .unwrap());
     let failed = store.get_execution(&e2.id).await.unwrap().unwrap();
-    assert_eq!((failed.status.as_str(), failed.error_message.as_deref()), ("failed", Some("deadline passed")));
+    assert_eq!(
+        (failed.status.as_str(), failed.error_message.as_deref()),
+        ("failed", Some("deadline passed"))
+    );
     assert!(store.unacked_executions().await.unwrap().is_empty());
-    let listed: Vec<_> = store.list_executions(&a.id, 10).await.unwrap().into_iter().map(|e| e.id).collect();
+    let listed: Vec<_> = store
+        .list_executions(&a.id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
     assert_eq!(listed, [e2.id.clone(), e1.id.clone()], "newest first");
     assert_eq!(store.flows_wanted_running().await.unwrap().len(), 1);
 
@@ -139,5 +217,8 @@ async fn the_store_suite_passes_on_postgresql() {
 #[tokio::test]
 async fn an_unknown_store_url_says_which_ones_work() {
     let err = Store::connect("mysql://x").await.err().unwrap();
-    assert!(err.to_string().contains("use sqlite://PATH or postgres://"), "{err}");
+    assert!(
+        err.to_string().contains("use sqlite://PATH or postgres://"),
+        "{err}"
+    );
 }

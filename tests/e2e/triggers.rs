@@ -6,7 +6,9 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_webhook_token_is_rejected_and_nothing_is_recorded() {
     let app = TestApp::spawn(Backend::Process).await;
-    let flow = app.create_flow(&manifest("guarded", "", "    - respond: ok\n")).await;
+    let flow = app
+        .create_flow(&manifest("guarded", "", "    - respond: ok\n"))
+        .await;
     app.start(&flow).await;
     app.wait_status(&flow, "running").await;
 
@@ -15,10 +17,24 @@ async fn a_wrong_webhook_token_is_rejected_and_nothing_is_recorded() {
         .post(&format!("/api/triggers/{}/webhook/{wrong}", flow.id), "{}")
         .await;
     assert_eq!(code, 404, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("no webhook matches"), "{body}");
-    let (code, _) = app.post(&format!("/api/triggers/{}/webhook/{}x", flow.id, flow.token), "{}").await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no webhook matches"),
+        "{body}"
+    );
+    let (code, _) = app
+        .post(
+            &format!("/api/triggers/{}/webhook/{}x", flow.id, flow.token),
+            "{}",
+        )
+        .await;
     assert_eq!(code, 404);
-    assert!(app.executions(&flow).await.is_empty(), "nothing recorded for a wrong token");
+    assert!(
+        app.executions(&flow).await.is_empty(),
+        "nothing recorded for a wrong token"
+    );
 
     let (code, _) = app.webhook(&flow, &json!({})).await;
     assert_eq!(code, 202, "the right token still works");
@@ -28,11 +44,16 @@ async fn a_wrong_webhook_token_is_rejected_and_nothing_is_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_for_a_stopped_flow_gets_409_saying_how_to_start_it() {
     let app = TestApp::spawn(Backend::Process).await;
-    let flow = app.create_flow(&manifest("sleepy", "", "    - respond: ok\n")).await;
+    let flow = app
+        .create_flow(&manifest("sleepy", "", "    - respond: ok\n"))
+        .await;
     let (code, body) = app.webhook(&flow, &json!({})).await;
     assert_eq!(code, 409, "{body}");
     let msg = body["error"].as_str().unwrap();
-    assert!(msg.contains("is stopped") && msg.contains("pumphouse flow start sleepy"), "{msg}");
+    assert!(
+        msg.contains("is stopped") && msg.contains("pumphouse flow start sleepy"),
+        "{msg}"
+    );
     assert!(app.executions(&flow).await.is_empty());
 }
 
@@ -40,15 +61,21 @@ async fn a_trigger_for_a_stopped_flow_gets_409_saying_how_to_start_it() {
 async fn a_trigger_sent_before_the_pump_subscribes_is_redelivered_and_completes() {
     let app = TestApp::spawn(Backend::Process).await;
     // startDelay keeps the pump unsubscribed for 2 s after it starts.
-    let m = "name: late\nconfig:\n  startDelay: 2s\n  steps:\n    - respond: {got: '{{payload.n}}'}\n";
+    let m =
+        "name: late\nconfig:\n  startDelay: 2s\n  steps:\n    - respond: {got: '{{payload.n}}'}\n";
     let flow = app.create_flow(m).await;
     app.start(&flow).await;
     let (code, accepted) = app.webhook(&flow, &json!({"n": 7})).await;
     assert_eq!(code, 202, "a starting flow accepts triggers: {accepted}");
-    let exec = app.wait_execution(&flow, accepted["execution_id"].as_str().unwrap()).await;
+    let exec = app
+        .wait_execution(&flow, accepted["execution_id"].as_str().unwrap())
+        .await;
     assert_eq!(exec["status"], "completed", "{exec:#}");
     assert_eq!(exec["output"], json!({"got": 7}));
-    assert!(exec["attempts"].as_i64().unwrap() >= 2, "the first send found no subscriber: {exec:#}");
+    assert!(
+        exec["attempts"].as_i64().unwrap() >= 2,
+        "the first send found no subscriber: {exec:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,24 +86,38 @@ async fn a_trigger_no_pump_acknowledges_fails_at_its_deadline_with_the_reason() 
     app.start(&flow).await;
     let (code, accepted) = app.webhook(&flow, &json!({})).await;
     assert_eq!(code, 202);
-    let exec = app.wait_execution(&flow, accepted["execution_id"].as_str().unwrap()).await;
+    let exec = app
+        .wait_execution(&flow, accepted["execution_id"].as_str().unwrap())
+        .await;
     assert_eq!(exec["status"], "failed");
     let err = exec["error"].as_str().unwrap();
-    assert!(err.contains("no pump acknowledged this trigger before its deadline"), "{err}");
+    assert!(
+        err.contains("no pump acknowledged this trigger before its deadline"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_step_fails_the_execution_with_the_pumps_message() {
     let app = TestApp::spawn(Backend::Process).await;
     let flow = app
-        .create_flow(&manifest("grumpy", "", "    - fail: 'cannot serve {{payload.who}}'\n"))
+        .create_flow(&manifest(
+            "grumpy",
+            "",
+            "    - fail: 'cannot serve {{payload.who}}'\n",
+        ))
         .await;
     app.start(&flow).await;
     app.wait_status(&flow, "running").await;
     let (_, accepted) = app
-        .post(&format!("/api/triggers/{}/inject", flow.name), r#"{"who": "bob"}"#)
+        .post(
+            &format!("/api/triggers/{}/inject", flow.name),
+            r#"{"who": "bob"}"#,
+        )
         .await;
-    let exec = app.wait_execution(&flow, accepted["execution_id"].as_str().unwrap()).await;
+    let exec = app
+        .wait_execution(&flow, accepted["execution_id"].as_str().unwrap())
+        .await;
     assert_eq!(exec["status"], "failed");
     assert_eq!(exec["error"], "cannot serve bob");
     assert_eq!(exec["trigger_type"], "manual");

@@ -25,7 +25,11 @@ static TRACING: Once = Once::new();
 fn init_tracing() {
     TRACING.call_once(|| {
         if let Ok(filter) = std::env::var("TEST_LOG") {
-            let filter = if filter == "1" { "info".to_string() } else { filter };
+            let filter = if filter == "1" {
+                "info".to_string()
+            } else {
+                filter
+            };
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
                 .with_test_writer()
@@ -101,7 +105,10 @@ impl RedisServer {
                     return server;
                 }
             }
-            assert!(started.elapsed() < DEADLINE, "redis-server on port {port} never answered PING");
+            assert!(
+                started.elapsed() < DEADLINE,
+                "redis-server on port {port} never answered PING"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -139,7 +146,11 @@ impl PostgresServer {
                 .args(["postgres:postgres", dir.to_str().expect("utf-8 path")])
                 .status()
                 .is_ok_and(|s| s.success());
-            assert!(ok, "cannot chown {} to the postgres user; is the postgres user there? {fix}", dir.display());
+            assert!(
+                ok,
+                "cannot chown {} to the postgres user; is the postgres user there? {fix}",
+                dir.display()
+            );
         }
         let run = |program: &Path, args: &[&str]| {
             let mut cmd = if as_root {
@@ -159,14 +170,39 @@ impl PostgresServer {
         };
         let data = dir.join("data");
         let data_s = data.to_str().expect("utf-8 path");
-        run(&initdb, &["-D", data_s, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        run(
+            &initdb,
+            &[
+                "-D",
+                data_s,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
         let port = free_port();
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -F -c max_connections=200",
             dir.display()
         );
         let log = dir.join("log");
-        run(&pg_ctl, &["-D", data_s, "-o", &opts, "-l", log.to_str().expect("utf-8"), "-w", "start"]);
+        run(
+            &pg_ctl,
+            &[
+                "-D",
+                data_s,
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().expect("utf-8"),
+                "-w",
+                "start",
+            ],
+        );
         PostgresServer { dir, port, pg_ctl }
     }
 
@@ -226,7 +262,11 @@ pub fn pump_binary() -> PathBuf {
 /// The `pumphouse` binary cargo built beside this test.
 pub fn pumphouse_binary() -> PathBuf {
     let bin = pump_binary().with_file_name("pumphouse");
-    assert!(bin.exists(), "`pumphouse` is not built at {}; run `cargo build` (ops/test.sh does)", bin.display());
+    assert!(
+        bin.exists(),
+        "`pumphouse` is not built at {}; run `cargo build` (ops/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
@@ -254,10 +294,19 @@ async fn remove_dead_test_containers(docker: &bollard::Docker) {
     use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
     let filters = std::collections::HashMap::from([(
         "label".to_string(),
-        vec![format!("{}={}", pumphouse::backend::labels::MANAGED_BY, pumphouse::backend::labels::MANAGED_BY_VALUE)],
+        vec![format!(
+            "{}={}",
+            pumphouse::backend::labels::MANAGED_BY,
+            pumphouse::backend::labels::MANAGED_BY_VALUE
+        )],
     )]);
     let list = docker
-        .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
         .await
         .unwrap_or_default();
     for c in list {
@@ -268,13 +317,19 @@ async fn remove_dead_test_containers(docker: &bollard::Docker) {
             .cloned()
             .unwrap_or_default();
         // Test clusters are named test-<pid>-<random>; a dead pid means a finished test process.
-        let Some(pid) = cluster.strip_prefix("test-").and_then(|r| r.split('-').next()) else {
+        let Some(pid) = cluster
+            .strip_prefix("test-")
+            .and_then(|r| r.split('-').next())
+        else {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             if let Some(id) = c.id {
                 let _ = docker
-                    .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                    .remove_container(
+                        &id,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
                     .await;
             }
         }
@@ -356,7 +411,9 @@ impl TestApp {
         config.start_timeout = Duration::from_secs(20);
         tweak(&mut config);
         let store_url = config.store_url.clone();
-        let app = Application::build(config).await.expect("the orchestrator starts");
+        let app = Application::build(config)
+            .await
+            .expect("the orchestrator starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let server = tokio::spawn(async move {
             let _ = app.run_until_stopped(std::future::pending()).await;
@@ -379,7 +436,12 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self.http.get(self.url(path)).send().await.expect("GET answered");
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET answered");
         read(resp).await
     }
 
@@ -398,7 +460,10 @@ impl TestApp {
     pub async fn create_flow(&self, manifest: &str) -> TestFlow {
         let (code, body) = self.post("/api/flows", manifest).await;
         assert_eq!(code, 201, "creating a flow: {body}");
-        let token = body["webhook_token"].as_str().expect("a webhook token").to_string();
+        let token = body["webhook_token"]
+            .as_str()
+            .expect("a webhook token")
+            .to_string();
         TestFlow {
             id: body["flow"]["id"].as_str().expect("an id").to_string(),
             name: body["flow"]["name"].as_str().expect("a name").to_string(),
@@ -407,8 +472,14 @@ impl TestApp {
     }
 
     pub async fn start(&self, flow: &TestFlow) {
-        let (code, body) = self.post(&format!("/api/flows/{}/start", flow.id), "").await;
-        assert!(code == 202 || code == 200, "starting {}: {code} {body}", flow.name);
+        let (code, body) = self
+            .post(&format!("/api/flows/{}/start", flow.id), "")
+            .await;
+        assert!(
+            code == 202 || code == 200,
+            "starting {}: {code} {body}",
+            flow.name
+        );
     }
 
     /// Waits until the flow's status is `want`, failing the test at the deadline with the
@@ -457,16 +528,27 @@ impl TestApp {
     }
 
     pub async fn executions(&self, flow: &TestFlow) -> Vec<Value> {
-        let (code, v) = self.get(&format!("/api/flows/{}/executions", flow.id)).await;
+        let (code, v) = self
+            .get(&format!("/api/flows/{}/executions", flow.id))
+            .await;
         assert_eq!(code, 200, "{v}");
         v.as_array().cloned().unwrap_or_default()
     }
 
     /// The flow's container, if the Docker backend has one.
-    pub async fn container(&self, flow: &TestFlow) -> Option<bollard::models::ContainerInspectResponse> {
+    pub async fn container(
+        &self,
+        flow: &TestFlow,
+    ) -> Option<bollard::models::ContainerInspectResponse> {
         let docker = self.docker.as_ref().expect("a Docker test");
         let name = format!("pumphouse-{}-{}", self.cluster, flow.id);
-        docker.inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>).await.ok()
+        docker
+            .inspect_container(
+                &name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
     }
 }
 
@@ -489,19 +571,33 @@ impl Drop for TestApp {
                     .build()
                     .expect("a runtime");
                 rt.block_on(async move {
-                    use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+                    use bollard::query_parameters::{
+                        ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+                    };
                     let filters = std::collections::HashMap::from([(
                         "label".to_string(),
                         vec![format!("{}={cluster}", pumphouse::backend::labels::CLUSTER)],
                     )]);
                     let list = docker
-                        .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+                        .list_containers(Some(
+                            ListContainersOptionsBuilder::default()
+                                .all(true)
+                                .filters(&filters)
+                                .build(),
+                        ))
                         .await
                         .unwrap_or_default();
                     for c in list {
                         if let Some(id) = c.id {
                             let _ = docker
-                                .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                                .remove_container(
+                                    &id,
+                                    Some(
+                                        RemoveContainerOptionsBuilder::default()
+                                            .force(true)
+                                            .build(),
+                                    ),
+                                )
                                 .await;
                         }
                     }

@@ -92,8 +92,9 @@ impl From<ExecutionRecord> for ExecutionView {
 }
 
 fn manifest_text(body: &Bytes) -> Result<&str, ApiError> {
-    std::str::from_utf8(body)
-        .map_err(|_| ApiError::BadRequest("the manifest is not UTF-8 text; send the YAML file as it is".into()))
+    std::str::from_utf8(body).map_err(|_| {
+        ApiError::BadRequest("the manifest is not UTF-8 text; send the YAML file as it is".into())
+    })
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FlowSummary>>, ApiError> {
@@ -105,7 +106,10 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
     let text = manifest_text(&body)?;
     let manifest = Manifest::parse(text).map_err(ApiError::Manifest)?;
     let idle = manifest.idle_timeout().map_err(ApiError::Manifest)?;
-    state.store.ensure_tenant(DEFAULT_TENANT, "Default tenant").await?;
+    state
+        .store
+        .ensure_tenant(DEFAULT_TENANT, "Default tenant")
+        .await?;
     let webhook_token = token::generate();
     let now = now_ms();
     let flow = FlowRecord {
@@ -140,7 +144,10 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let flow = find_flow(&state, &id).await?;
     let mut body = serde_json::to_value(FlowSummary::from(&flow)).expect("summaries serialize");
     body["manifest"] = json!(flow.manifest);
@@ -180,14 +187,20 @@ pub async fn update(
     })))
 }
 
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let flow = find_flow(&state, &id).await?;
     state.supervisor.stop(&flow, "api").await?;
     state.store.delete_flow(&flow.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn start(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn start(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let flow = find_flow(&state, &id).await?;
     let already = flow.desired_state == "running"
         && matches!(flow.status.as_str(), status::RUNNING | status::STARTING);
@@ -199,14 +212,20 @@ pub async fn start(State(state): State<AppState>, Path(id): Path<String>) -> Res
     Ok((StatusCode::ACCEPTED, Json(FlowSummary::from(&flow))).into_response())
 }
 
-pub async fn stop(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<FlowSummary>, ApiError> {
+pub async fn stop(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<FlowSummary>, ApiError> {
     let flow = find_flow(&state, &id).await?;
     state.supervisor.stop(&flow, "api").await?;
     let flow = find_flow(&state, &flow.id).await?;
     Ok(Json(FlowSummary::from(&flow)))
 }
 
-pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let flow = find_flow(&state, &id).await?;
     let status = state.supervisor.status(&flow).await?;
     Ok(Json(status).into_response())
@@ -259,6 +278,8 @@ pub async fn execution(
         .get_execution(&execution_id)
         .await?
         .filter(|e| e.flow_id == flow.id)
-        .ok_or_else(|| ApiError::NotFound(format!("flow `{id}` has no execution `{execution_id}`")))?;
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("flow `{id}` has no execution `{execution_id}`"))
+        })?;
     Ok(Json(exec.into()))
 }

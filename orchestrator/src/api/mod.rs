@@ -70,7 +70,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::NotFound("no such route; see the API sketch in README.md".into()) })
+        .fallback(|| async {
+            ApiError::NotFound("no such route; see the API sketch in README.md".into())
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -129,7 +131,11 @@ async fn find_flow(state: &AppState, key: &str) -> Result<FlowRecord, ApiError> 
         state.store.get_flow_by_name(DEFAULT_TENANT, key).await?
     };
     flow.filter(|f| f.tenant_id == DEFAULT_TENANT)
-        .ok_or_else(|| ApiError::NotFound(format!("no flow `{key}`; list flows with `pumphouse flow ls`")))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no flow `{key}`; list flows with `pumphouse flow ls`"
+            ))
+        })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,9 @@ pub async fn webhook(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     // One answer for an unknown flow and a wrong token, so the URL reveals nothing.
-    let unknown = || ApiError::NotFound("no webhook matches this URL; check the flow id and token (the token is shown once, when the flow is created)".into());
+    let unknown = || {
+        ApiError::NotFound("no webhook matches this URL; check the flow id and token (the token is shown once, when the flow is created)".into())
+    };
     if uuid::Uuid::parse_str(&flow_id).is_err() {
         return Err(unknown());
     }
@@ -58,7 +60,12 @@ fn payload(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     }
 }
 
-async fn accept(state: &AppState, flow: &FlowRecord, kind: &str, body: &[u8]) -> Result<Response, ApiError> {
+async fn accept(
+    state: &AppState,
+    flow: &FlowRecord,
+    kind: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     if !matches!(flow.status.as_str(), status::RUNNING | status::STARTING) {
         let hint = match flow.status.as_str() {
             status::ERROR => format!(
@@ -82,7 +89,12 @@ async fn accept(state: &AppState, flow: &FlowRecord, kind: &str, body: &[u8]) ->
         .unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
     let accepted = state
         .dispatcher
-        .accept(&flow.id, kind, payload, deadline.max(Duration::from_secs(1)))
+        .accept(
+            &flow.id,
+            kind,
+            payload,
+            deadline.max(Duration::from_secs(1)),
+        )
         .await?;
     let body = json!({
         "execution_id": accepted.execution_id,

@@ -231,13 +231,8 @@ impl Backend for DockerBackend {
                 ) => {
                     // The listing carries no exit code or OOM flag; exited pumps are few, so
                     // inspecting them is cheap. Gone meanwhile means nothing to report.
-                    match self.inspect(flow_id).await? {
-                        Some(status) => {
-                            pumps.push(status);
-                            continue;
-                        }
-                        None => continue,
-                    }
+                    pumps.extend(self.inspect(flow_id).await?);
+                    continue;
                 }
                 _ => PumpState::Starting,
             };

@@ -93,7 +93,10 @@ pub enum PumpState {
     Starting,
     Running,
     /// Ended; `oom` when the kernel killed it for memory.
-    Exited { code: Option<i64>, oom: bool },
+    Exited {
+        code: Option<i64>,
+        oom: bool,
+    },
 }
 
 /// Something that happened to a pump, pushed by the backend.
@@ -123,9 +126,9 @@ impl FromStr for BackendKind {
             "auto" => Ok(Self::Auto),
             "docker" => Ok(Self::Docker),
             "process" => Ok(Self::Process),
-            "kubernetes" => Err(
-                "the kubernetes backend is not in this build yet; use docker or process".into(),
-            ),
+            "kubernetes" => {
+                Err("the kubernetes backend is not in this build yet; use docker or process".into())
+            }
             other => Err(format!(
                 "unknown backend `{other}`; choose one of auto, docker, process"
             )),

@@ -81,7 +81,12 @@ impl ProcessBackend {
         }
     }
 
-    async fn terminate(&self, flow_id: &str, child: Child, grace: Duration) -> Result<(), BackendError> {
+    async fn terminate(
+        &self,
+        flow_id: &str,
+        child: Child,
+        grace: Duration,
+    ) -> Result<(), BackendError> {
         let mut exited = child.exited;
         if exited.borrow().is_some() {
             return Ok(());
@@ -104,7 +109,11 @@ impl ProcessBackend {
             .await
             .is_ok();
         if !ended {
-            tracing::warn!(flow_id, ?grace, "pump did not exit within its grace period; killing it");
+            tracing::warn!(
+                flow_id,
+                ?grace,
+                "pump did not exit within its grace period; killing it"
+            );
             let _ = signal(Signal::SIGKILL);
             let _ = exited.wait_for(|s| s.is_some()).await;
         }
@@ -119,7 +128,11 @@ impl Backend for ProcessBackend {
     }
 
     async fn start(&self, spec: &PumpSpec) -> Result<PumpStatus, BackendError> {
-        let old = self.children.lock().expect("children lock").remove(&spec.flow_id);
+        let old = self
+            .children
+            .lock()
+            .expect("children lock")
+            .remove(&spec.flow_id);
         if let Some(old) = old {
             self.terminate(&spec.flow_id, old, spec.stop_grace).await?;
         }
@@ -158,7 +171,9 @@ impl Backend for ProcessBackend {
             }
             let code = status.ok().and_then(|s| {
                 use std::os::unix::process::ExitStatusExt as _;
-                s.code().map(i64::from).or_else(|| s.signal().map(|sig| 128 + sig as i64))
+                s.code()
+                    .map(i64::from)
+                    .or_else(|| s.signal().map(|sig| 128 + sig as i64))
             });
             let _ = exit_tx.send(Some(PumpState::Exited { code, oom: false }));
             let _ = events.send(BackendEvent::Exited {
@@ -209,7 +224,10 @@ impl Backend for ProcessBackend {
             .get(flow_id)
             .map(|c| {
                 let logs = c.logs.lock().expect("logs lock");
-                logs.iter().skip(logs.len().saturating_sub(tail)).cloned().collect()
+                logs.iter()
+                    .skip(logs.len().saturating_sub(tail))
+                    .cloned()
+                    .collect()
             })
             .unwrap_or_default())
     }
@@ -237,7 +255,10 @@ fn minimal_env() -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn collect<R: tokio::io::AsyncBufRead + Unpin>(reader: R, logs: Arc<Mutex<VecDeque<String>>>) {
+async fn collect<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: R,
+    logs: Arc<Mutex<VecDeque<String>>>,
+) {
     let mut lines = reader.lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let mut logs = logs.lock().expect("logs lock");

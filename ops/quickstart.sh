@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The quick-start command: brings up Redis, the orchestrator with its embedded SQLite store and
+# the example flow (examples/hello.yaml), then prints the curl line whose webhook runs it.
+# Stays in the foreground; Ctrl-C stops the orchestrator and Redis (pumps are stopped first).
+#
+# Usage: ops/quickstart.sh        (API on 127.0.0.1:8080, Redis on 127.0.0.1:6390)
+#   PUMPHOUSE_LISTEN, QUICKSTART_REDIS_PORT change the ports.
+# State lives in .quickstart/ and is reset on every run, so the webhook token can be shown again.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+say() { echo "quickstart: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+listen="${PUMPHOUSE_LISTEN:-127.0.0.1:8080}"
+redis_port="${QUICKSTART_REDIS_PORT:-6390}"
+state="$repo/.quickstart"
+
+if ! command -v redis-server >/dev/null; then
+    [[ $(id -u) == 0 ]] || die "redis-server is missing; run: sudo apt-get install -y redis-server"
+    say "installing redis-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
+say "building pumphouse and the reference pump (the first build takes a few minutes)"
+cargo build --bins --quiet
+bin="${CARGO_TARGET_DIR:-$repo/target}/debug"
+
+# Docker when its engine answers (the pump image is built for it), else local processes.
+backend=process
+if docker info >/dev/null 2>&1; then
+    ops/build-images.sh >/dev/null && backend=docker
+fi
+
+rm -rf "$state" && mkdir -p "$state"
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    if [[ -n "${server_pid:-}" ]] && kill -0 "$server_pid" 2>/dev/null; then
+        "$bin/pumphouse" --api "http://$listen" flow stop hello >/dev/null 2>&1 || true
+    fi
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$state" \
+    >"$state/redis.log" 2>&1 &
+pids+=($!)
+
+"$bin/pumphouse" serve --listen "$listen" --store "sqlite://$state/pumphouse.db" \
+    --redis "redis://127.0.0.1:$redis_port" --backend "$backend" --log-format text \
+    2> >(tee "$state/pumphouse.log" >&2) &
+server_pid=$!
+pids+=("$server_pid")
+
+for _ in $(seq 1 100); do
+    curl -fsS "http://$listen/readyz" >/dev/null 2>&1 && break
+    kill -0 "$server_pid" 2>/dev/null || die "the orchestrator exited; see $state/pumphouse.log"
+    sleep 0.2
+done
+curl -fsS "http://$listen/readyz" >/dev/null || die "the orchestrator is not ready; see $state/pumphouse.log"
+
+export PUMPHOUSE_API="http://$listen"
+applied="$("$bin/pumphouse" flow apply -f examples/hello.yaml)"
+url="$(grep -o 'http://[^ ]*/webhook/[^ ]*' <<<"$applied")"
+"$bin/pumphouse" flow start hello
+
+cat <<MSG
+
+pumphouse is up ($backend backend) with the flow "hello". Run it with its webhook:
+
+  curl -s -X POST -H 'content-type: application/json' -d '{"name": "ada"}' $url
+
+then see what it did:
+
+  $bin/pumphouse --api $PUMPHOUSE_API flow executions hello
+  $bin/pumphouse --api $PUMPHOUSE_API flow logs hello
+
+Ctrl-C stops everything.
+MSG
+wait "$server_pid"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, starts dockerd when it is not running, checks
+# formatting and lints, builds the pump image, and runs the whole suite.
+#
+# Usage: ops/test.sh [extra nextest arguments]
+# Needs root (it installs Debian packages and starts dockerd) unless all of that is in place.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+say() { echo "test.sh: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+# 1. Debian packages: docker.io (engine), redis-server, postgresql (initdb/pg_ctl).
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v redis-server >/dev/null || missing+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+if ((${#missing[@]})); then
+    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}"
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The packages start their own services on the default ports; the tests start private ones.
+
+# 2. The Docker engine.
+if ! docker info >/dev/null 2>&1; then
+    [[ $(id -u) == 0 ]] || die "the Docker engine is not running; start it (sudo dockerd) and run again"
+    say "starting dockerd (log: /var/log/pumphouse-dockerd.log)"
+    nohup dockerd >/var/log/pumphouse-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+    docker info >/dev/null 2>&1 || die "dockerd did not come up in 30 s; see /var/log/pumphouse-dockerd.log"
+fi
+
+# 3. cargo-nextest runs the suite.
+if ! cargo nextest --version >/dev/null 2>&1; then
+    say "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+# 4. Formatting and lints, before anything slow.
+cargo fmt --all -- --check || die "cargo fmt --all -- --check failed; run cargo fmt --all"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# 5. Binaries (the process backend runs target/debug/pump) and the pump image.
+cargo build --workspace --bins --locked
+ops/build-images.sh
+
+# 6. The suite.
+cargo nextest run --workspace --locked --no-fail-fast "$@"
