@@ -174,3 +174,51 @@ async fn deleting_a_running_flow_stops_its_pump_and_forgets_it() {
     let (code, _) = app.get(&format!("/api/flows/{}", flow.id)).await;
     assert_eq!(code, 404);
 }
+
+async fn stopping_a_flow_lets_its_pump_finish_the_trigger_in_hand(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let flow = app
+        .create_flow(&manifest(
+            "patient",
+            "stopGrace: 20s\n",
+            "    - sleep: 1500ms\n    - respond: finished\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let (_, accepted) = app.webhook(&flow, &json!({})).await;
+    let exec_id = accepted["execution_id"].as_str().unwrap().to_string();
+    // Stop only once the pump is working on it, so the stop lands mid-execution.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, e) = app
+            .get(&format!("/api/flows/{}/executions/{exec_id}", flow.id))
+            .await;
+        if e["status"] == "running" {
+            break;
+        }
+        assert!(
+            started.elapsed() < pumphouse_e2e::DEADLINE,
+            "never running: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (code, _) = app.post(&format!("/api/flows/{}/stop", flow.id), "").await;
+    assert_eq!(code, 200);
+    let exec = app.wait_execution(&flow, &exec_id).await;
+    assert_eq!(
+        exec["status"], "completed",
+        "the pump drained before exiting: {exec:#}"
+    );
+    assert_eq!(exec["output"], "finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_stop_lets_the_pump_finish_the_trigger_in_hand() {
+    stopping_a_flow_lets_its_pump_finish_the_trigger_in_hand(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_stop_lets_the_pump_finish_the_trigger_in_hand() {
+    stopping_a_flow_lets_its_pump_finish_the_trigger_in_hand(Backend::Process).await;
+}
