@@ -36,6 +36,11 @@ pub struct ServeConfig {
     pub cluster: String,
     pub heartbeat: Duration,
     pub start_timeout: Duration,
+    /// First wait before restarting a crashed pump; doubles with each crash in the window.
+    pub restart_backoff: Duration,
+    /// Crashes within `crash_window` that make a crash loop (flow `error`).
+    pub crash_limit: usize,
+    pub crash_window: Duration,
     pub api_token: Option<String>,
     /// Base URL in the webhook URLs handed out; `http://<listen>` by default.
     pub public_url: Option<String>,
@@ -57,6 +62,9 @@ impl ServeConfig {
             cluster: "default".into(),
             heartbeat: Duration::from_secs(5),
             start_timeout: Duration::from_secs(60),
+            restart_backoff: Duration::from_millis(500),
+            crash_limit: 5,
+            crash_window: Duration::from_secs(120),
             api_token: None,
             public_url: None,
         }
@@ -156,10 +164,12 @@ impl Application {
             backend,
             dispatcher.clone(),
             PumpSettings {
-                default_image: config.pump_image.clone(),
-                redis_url: pump_redis,
                 heartbeat: config.heartbeat,
                 start_timeout: config.start_timeout,
+                restart_backoff: config.restart_backoff,
+                crash_limit: config.crash_limit,
+                crash_window: config.crash_window,
+                ..PumpSettings::new(&config.pump_image, &pump_redis)
             },
         ));
         let supervisor_task =

@@ -136,6 +136,14 @@ struct ServeArgs {
     /// A pump that has not reported ready after this long puts its flow in `error`.
     #[arg(long, env = "PUMPHOUSE_START_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     start_timeout: Duration,
+    /// First wait before restarting a crashed pump; doubles with each crash.
+    #[arg(long, env = "PUMPHOUSE_RESTART_BACKOFF", default_value = "500ms", value_parser = parse_duration)]
+    restart_backoff: Duration,
+    /// This many crashes within --crash-window put the flow in `error` (a crash loop).
+    #[arg(long, env = "PUMPHOUSE_CRASH_LIMIT", default_value_t = 5)]
+    crash_limit: usize,
+    #[arg(long, env = "PUMPHOUSE_CRASH_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    crash_window: Duration,
     /// Bearer token required on the management API. Without it the API is open.
     #[arg(long, env = "PUMPHOUSE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
@@ -237,6 +245,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cluster: args.cluster,
         heartbeat: args.heartbeat,
         start_timeout: args.start_timeout,
+        restart_backoff: args.restart_backoff,
+        crash_limit: args.crash_limit,
+        crash_window: args.crash_window,
         api_token: args.api_token,
         public_url: args.public_url,
     };

@@ -1,37 +1,87 @@
-//! The dispatcher: accepts triggers durably and re-sends them until a pump acknowledges them.
+//! The dispatcher: accepts triggers durably, holds them while a flow has no ready pump, and
+//! sends them, in arrival order, until a pump acknowledges them.
+//!
+//! Each flow has a queue of unacknowledged triggers and a gate. The supervisor opens the gate
+//! when a pump reports ready (the queue is then sent in order) and closes it when the pump goes
+//! away; while it is closed, triggers are held. A per-flow lock makes "record, then send"
+//! atomic with respect to other triggers of the same flow, so the sequence numbers the store
+//! hands out are also the order pumps receive triggers in.
 //!
 //! # Guarantees
-//! - A trigger is in the store (status `queued`) before [`Dispatcher::accept`] returns, so a
-//!   caller that got a 2xx has a trigger that will be delivered or marked failed with a reason.
-//! - Until acknowledged, a trigger is re-published with back-off (250 ms doubling to 2 s); after
-//!   its deadline it is marked `failed` with a reason that says what to check.
+//! - A trigger is in the store (`queued`) before [`Dispatcher::accept`] returns, so a caller
+//!   that got a 2xx has a trigger that will run or be marked failed with a reason.
+//! - While the gate is open, an unacknowledged trigger is re-sent with back-off (250 ms doubling
+//!   to 2 s); past its deadline, open gate or not, it is marked `failed` with a reason.
 //! - The queue is rebuilt from the store on start-up, so a restart loses nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pumphouse_pump::Trigger;
+use serde_json::Value;
+use tokio::sync::oneshot;
 
 use crate::bus::Bus;
-use crate::store::{now_ms, NewExecution, Store, StoreError};
+use crate::store::{now_ms, ExecutionRecord, NewExecution, Store, StoreError};
 
 const FIRST_RESEND_MS: i64 = 250;
 const MAX_RESEND_MS: i64 = 2_000;
 
 struct Entry {
-    flow_id: String,
     trigger: Trigger,
-    next_send_at: i64,
+    /// `None` while held: never sent to the current pump.
+    next_send_at: Option<i64>,
     backoff_ms: i64,
     deadline_at: i64,
 }
 
 #[derive(Default)]
-struct Queue {
-    /// By sequence number, so re-sends go out in arrival order.
-    by_seq: BTreeMap<i64, Entry>,
-    seq_of: HashMap<String, i64>,
+struct FlowQueue {
+    /// A ready pump listens: send.
+    open: bool,
+    /// Unacknowledged triggers by sequence number.
+    entries: BTreeMap<i64, Entry>,
+}
+
+#[derive(Default)]
+struct Queues {
+    flows: HashMap<String, FlowQueue>,
+    /// execution id -> (flow id, seq)
+    index: HashMap<String, (String, i64)>,
+}
+
+impl Queues {
+    fn insert(&mut self, flow_id: &str, entry: Entry) {
+        let seq = entry.trigger.seq;
+        if self.index.contains_key(&entry.trigger.id) {
+            return;
+        }
+        self.index
+            .insert(entry.trigger.id.clone(), (flow_id.to_string(), seq));
+        self.flows
+            .entry(flow_id.to_string())
+            .or_default()
+            .entries
+            .insert(seq, entry);
+    }
+
+    fn remove(&mut self, execution_id: &str) -> bool {
+        let Some((flow_id, seq)) = self.index.remove(execution_id) else {
+            return false;
+        };
+        if let Some(q) = self.flows.get_mut(&flow_id) {
+            q.entries.remove(&seq);
+        }
+        true
+    }
+}
+
+/// How an execution ended, for callers waiting on it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed(Value),
+    Failed(String),
 }
 
 /// What [`Dispatcher::accept`] recorded.
@@ -39,14 +89,35 @@ struct Queue {
 pub struct Accepted {
     pub execution_id: String,
     pub seq: i64,
-    /// Pumps that received the first send (0: none was listening; it will be re-sent).
-    pub receivers: u64,
 }
 
 pub struct Dispatcher {
     store: Store,
     bus: Bus,
-    queue: Mutex<Queue>,
+    queues: Mutex<Queues>,
+    /// Serializes record-and-send per flow, so sequence order is delivery order.
+    flow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
+}
+
+fn entry_from(e: &ExecutionRecord) -> Entry {
+    let payload = e
+        .payload
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or(Value::Null);
+    Entry {
+        trigger: Trigger {
+            id: e.id.clone(),
+            kind: e.trigger_type.clone(),
+            payload,
+            attempt: e.attempts as u32,
+            seq: e.seq,
+        },
+        next_send_at: None,
+        backoff_ms: FIRST_RESEND_MS,
+        deadline_at: e.deadline_at,
+    }
 }
 
 impl Dispatcher {
@@ -54,43 +125,41 @@ impl Dispatcher {
         Dispatcher {
             store,
             bus,
-            queue: Mutex::new(Queue::default()),
+            queues: Mutex::new(Queues::default()),
+            flow_locks: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Reloads unacknowledged triggers from the store; they are re-sent on the next tick.
+    fn flow_lock(&self, flow_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.flow_locks
+            .lock()
+            .expect("flow locks")
+            .entry(flow_id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Reloads unacknowledged triggers from the store, held until their flow's gate opens.
     pub async fn load(&self) -> Result<usize, StoreError> {
         let unacked = self.store.unacked_executions().await?;
-        let now = now_ms();
-        let mut q = self.queue.lock().expect("queue lock");
+        let mut q = self.queues.lock().expect("queues lock");
         for e in &unacked {
-            let payload = e
-                .payload
-                .as_deref()
-                .and_then(|p| serde_json::from_str(p).ok())
-                .unwrap_or(serde_json::Value::Null);
-            q.seq_of.insert(e.id.clone(), e.seq);
-            q.by_seq.insert(
-                e.seq,
-                Entry {
-                    flow_id: e.flow_id.clone(),
-                    trigger: Trigger {
-                        id: e.id.clone(),
-                        kind: e.trigger_type.clone(),
-                        payload,
-                        attempt: e.attempts as u32,
-                        seq: e.seq,
-                    },
-                    next_send_at: now,
-                    backoff_ms: FIRST_RESEND_MS,
-                    deadline_at: e.deadline_at,
-                },
-            );
+            q.insert(&e.flow_id, entry_from(e));
         }
         Ok(unacked.len())
     }
 
-    /// Records a trigger, then publishes it.
+    /// Takes back executions a pump held and never finished (see `Store::requeue_instance`);
+    /// they are held until the flow's gate opens again.
+    pub fn requeue(&self, executions: &[ExecutionRecord]) {
+        let mut q = self.queues.lock().expect("queues lock");
+        for e in executions {
+            q.insert(&e.flow_id, entry_from(e));
+        }
+    }
+
+    /// Records a trigger, then sends it if the flow's gate is open (else holds it).
     ///
     /// # Errors
     /// Only a store failure: then nothing was recorded and the caller must answer 5xx.
@@ -98,10 +167,12 @@ impl Dispatcher {
         &self,
         flow_id: &str,
         kind: &str,
-        payload: serde_json::Value,
+        payload: Value,
         deadline: Duration,
     ) -> Result<Accepted, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
+        let lock = self.flow_lock(flow_id);
+        let _guard = lock.lock().await;
         let now = now_ms();
         let deadline_at = now + deadline.as_millis() as i64;
         let seq = self
@@ -122,110 +193,226 @@ impl Dispatcher {
             attempt: 1,
             seq,
         };
-        {
-            let mut q = self.queue.lock().expect("queue lock");
-            q.seq_of.insert(id.clone(), seq);
-            q.by_seq.insert(
-                seq,
+        let send = {
+            let mut q = self.queues.lock().expect("queues lock");
+            let open = q.flows.get(flow_id).is_some_and(|f| f.open);
+            q.insert(
+                flow_id,
                 Entry {
-                    flow_id: flow_id.to_string(),
                     trigger: trigger.clone(),
-                    next_send_at: now + FIRST_RESEND_MS,
+                    next_send_at: open.then_some(now + FIRST_RESEND_MS),
                     backoff_ms: FIRST_RESEND_MS,
                     deadline_at,
                 },
             );
-        }
-        let receivers = match self.bus.publish(flow_id, &trigger).await {
-            Ok(n) => n,
-            Err(e) => {
-                // Recorded already; the next tick re-sends it once Redis answers.
-                tracing::warn!(execution_id = %id, error = %e, "publishing a trigger failed; it will be re-sent");
-                0
-            }
+            open
         };
+        if send {
+            self.publish(flow_id, &trigger).await;
+        }
         Ok(Accepted {
             execution_id: id,
             seq,
-            receivers,
         })
     }
 
-    /// A pump has the trigger: stop re-sending it.
-    pub fn acknowledged(&self, execution_id: &str) {
-        let mut q = self.queue.lock().expect("queue lock");
-        if let Some(seq) = q.seq_of.remove(execution_id) {
-            q.by_seq.remove(&seq);
+    async fn publish(&self, flow_id: &str, trigger: &Trigger) {
+        if let Err(e) = self.bus.publish(flow_id, trigger).await {
+            // Recorded already; the next tick re-sends it once Redis answers.
+            tracing::warn!(execution_id = %trigger.id, error = %e, "publishing a trigger failed; it will be re-sent");
         }
     }
 
-    /// How many triggers wait for an acknowledgement.
-    pub fn pending(&self) -> usize {
-        self.queue.lock().expect("queue lock").by_seq.len()
+    /// A ready pump listens: sends everything held for the flow, in arrival order.
+    pub async fn open(&self, flow_id: &str) {
+        let lock = self.flow_lock(flow_id);
+        let _guard = lock.lock().await;
+        let now = now_ms();
+        let held: Vec<Trigger> = {
+            let mut q = self.queues.lock().expect("queues lock");
+            let f = q.flows.entry(flow_id.to_string()).or_default();
+            f.open = true;
+            f.entries
+                .values_mut()
+                .filter(|e| e.next_send_at.is_none())
+                .map(|e| {
+                    e.next_send_at = Some(now + FIRST_RESEND_MS);
+                    e.trigger.clone()
+                })
+                .collect()
+        };
+        for trigger in &held {
+            self.publish(flow_id, trigger).await;
+        }
     }
 
-    /// Stops re-sending a flow's triggers and marks them failed with `reason`.
+    /// The flow's pump is gone or going: hold its triggers from now on. What was sent and not
+    /// acknowledged is sent again to the next pump.
+    pub fn close(&self, flow_id: &str) {
+        let mut q = self.queues.lock().expect("queues lock");
+        if let Some(f) = q.flows.get_mut(flow_id) {
+            f.open = false;
+            for e in f.entries.values_mut() {
+                e.next_send_at = None;
+                e.backoff_ms = FIRST_RESEND_MS;
+            }
+        }
+    }
+
+    /// A pump has the trigger: stop sending it.
+    pub fn acknowledged(&self, execution_id: &str) {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .remove(execution_id);
+    }
+
+    /// How many triggers wait for an acknowledgement, in all flows.
+    pub fn pending(&self) -> usize {
+        self.queues.lock().expect("queues lock").index.len()
+    }
+
+    /// Whether the flow has triggers no pump acknowledged yet.
+    pub fn has_pending(&self, flow_id: &str) -> bool {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .flows
+            .get(flow_id)
+            .is_some_and(|f| !f.entries.is_empty())
+    }
+
+    /// Flows whose gate is closed while triggers wait: they need a pump.
+    pub fn held_flows(&self) -> Vec<String> {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .flows
+            .iter()
+            .filter(|(_, f)| !f.open && !f.entries.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Stops sending a flow's triggers and marks them failed with `reason`.
     pub async fn fail_flow(&self, flow_id: &str, reason: &str) -> Result<(), StoreError> {
         let ids: Vec<String> = {
-            let mut q = self.queue.lock().expect("queue lock");
-            let seqs: Vec<i64> = q
-                .by_seq
-                .iter()
-                .filter(|(_, e)| e.flow_id == flow_id)
-                .map(|(s, _)| *s)
-                .collect();
-            let mut ids = Vec::with_capacity(seqs.len());
-            for s in seqs {
-                if let Some(e) = q.by_seq.remove(&s) {
-                    q.seq_of.remove(&e.trigger.id);
-                    ids.push(e.trigger.id);
-                }
+            let mut q = self.queues.lock().expect("queues lock");
+            let ids: Vec<String> = q
+                .flows
+                .get(flow_id)
+                .map(|f| f.entries.values().map(|e| e.trigger.id.clone()).collect())
+                .unwrap_or_default();
+            for id in &ids {
+                q.remove(id);
             }
             ids
         };
         for id in ids {
-            self.store
-                .finish_execution(&id, Err(reason), now_ms())
+            self.finish(&id, Outcome::Failed(reason.to_string()))
                 .await?;
         }
         Ok(())
     }
 
-    /// One pass: re-sends what is due, in arrival order, and fails what is past its deadline.
-    /// Called every 100 ms by [`Dispatcher::run`]; public so tests can drive it.
-    pub async fn tick(&self) -> Result<(), StoreError> {
-        let now = now_ms();
-        let (resend, expired) = {
-            let mut q = self.queue.lock().expect("queue lock");
-            let mut resend = Vec::new();
-            let mut expired = Vec::new();
-            for (seq, e) in q.by_seq.iter_mut() {
-                if e.deadline_at <= now {
-                    expired.push((*seq, e.trigger.id.clone(), e.trigger.attempt));
-                } else if e.next_send_at <= now {
-                    e.trigger.attempt += 1;
-                    e.next_send_at = now + e.backoff_ms;
-                    e.backoff_ms = (e.backoff_ms * 2).min(MAX_RESEND_MS);
-                    resend.push((e.flow_id.clone(), e.trigger.clone()));
-                }
+    /// Records how an execution ended (unless it had ended already) and tells whoever waits.
+    pub async fn finish(&self, execution_id: &str, outcome: Outcome) -> Result<(), StoreError> {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .remove(execution_id);
+        let output;
+        let result = match &outcome {
+            Outcome::Completed(v) => {
+                output = v.to_string();
+                Ok(output.as_str())
             }
-            for (seq, id, _) in &expired {
-                q.by_seq.remove(seq);
-                q.seq_of.remove(id);
-            }
-            (resend, expired)
+            Outcome::Failed(e) => Err(e.as_str()),
         };
-        for (flow_id, trigger) in resend {
-            self.store.count_attempt(&trigger.id).await?;
-            if let Err(e) = self.bus.publish(&flow_id, &trigger).await {
-                tracing::warn!(execution_id = %trigger.id, error = %e, "re-sending a trigger failed; will try again");
+        self.store
+            .finish_execution(execution_id, result, now_ms())
+            .await?;
+        let waiters = self
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .remove(execution_id);
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(outcome.clone());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for an execution to end. `None` when it is still going.
+    pub async fn wait(
+        &self,
+        execution_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters lock")
+            .entry(execution_id.to_string())
+            .or_default()
+            .push(tx);
+        // It may have ended before the waiter was in place.
+        if let Some(e) = self.store.get_execution(execution_id).await? {
+            let done = match e.status.as_str() {
+                "completed" => Some(Outcome::Completed(
+                    e.output
+                        .as_deref()
+                        .and_then(|o| serde_json::from_str(o).ok())
+                        .unwrap_or(Value::Null),
+                )),
+                "failed" => Some(Outcome::Failed(e.error_message.unwrap_or_default())),
+                _ => None,
+            };
+            if done.is_some() {
+                return Ok(done);
             }
         }
-        for (_, id, attempts) in expired {
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(outcome)) => Ok(Some(outcome)),
+            _ => Ok(None),
+        }
+    }
+
+    /// One pass: re-sends what is due through open gates, in arrival order, and fails what is
+    /// past its deadline. Called every 100 ms by [`Dispatcher::run`]; public so tests can
+    /// drive it.
+    pub async fn tick(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut resend = Vec::new();
+        let mut expired = Vec::new();
+        {
+            let mut q = self.queues.lock().expect("queues lock");
+            for (flow_id, f) in q.flows.iter_mut() {
+                for e in f.entries.values_mut() {
+                    if e.deadline_at <= now {
+                        expired.push((e.trigger.id.clone(), e.trigger.attempt));
+                    } else if f.open && e.next_send_at.is_some_and(|t| t <= now) {
+                        e.trigger.attempt += 1;
+                        e.next_send_at = Some(now + e.backoff_ms);
+                        e.backoff_ms = (e.backoff_ms * 2).min(MAX_RESEND_MS);
+                        resend.push((flow_id.clone(), e.trigger.clone()));
+                    }
+                }
+            }
+            for (id, _) in &expired {
+                q.remove(id);
+            }
+            q.flows.retain(|_, f| f.open || !f.entries.is_empty());
+        }
+        for (flow_id, trigger) in resend {
+            self.store.count_attempt(&trigger.id).await?;
+            self.publish(&flow_id, &trigger).await;
+        }
+        for (id, attempts) in expired {
             let reason = format!(
-                "no pump acknowledged this trigger before its deadline ({attempts} attempts); check that the flow is running with `pumphouse flow status`"
+                "no pump acknowledged this trigger before its deadline ({attempts} sends); check the flow with `pumphouse flow status`"
             );
-            self.store.finish_execution(&id, Err(&reason), now).await?;
+            self.finish(&id, Outcome::Failed(reason)).await?;
         }
         Ok(())
     }

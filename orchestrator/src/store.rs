@@ -94,6 +94,8 @@ pub struct ExecutionRecord {
     pub acked_at: Option<i64>,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
+    /// The pump instance that acknowledged it.
+    pub instance_id: Option<String>,
 }
 
 /// A new trigger, before the store gives it its sequence number.
@@ -129,6 +131,8 @@ pub struct Transition<'a> {
     pub pump: Option<(Option<&'a str>, Option<&'a str>)>,
     /// Only apply when the flow still runs this instance (guards against stale pumps).
     pub only_instance: Option<&'a str>,
+    /// Only apply when the flow has this status (a compare-and-set: one caller wins).
+    pub only_status: Option<&'a str>,
 }
 
 impl<'a> Transition<'a> {
@@ -140,6 +144,7 @@ impl<'a> Transition<'a> {
             desired: None,
             pump: None,
             only_instance: None,
+            only_status: None,
         }
     }
 }
@@ -159,7 +164,7 @@ pub struct Store {
 }
 
 const FLOW_COLUMNS: &str = "id, tenant_id, name, manifest, desired_state, status, status_reason, webhook_token_hash, idle_timeout_ms, keep_alive, instance_id, pump_ref, created_at, updated_at";
-const EXEC_COLUMNS: &str = "id, flow_id, seq, trigger_type, status, payload, output, error_message, attempts, received_at, deadline_at, acked_at, started_at, completed_at";
+const EXEC_COLUMNS: &str = "id, flow_id, seq, trigger_type, status, payload, output, error_message, attempts, received_at, deadline_at, acked_at, started_at, completed_at, instance_id";
 
 impl Store {
     /// Opens the store named by `url` and brings its schema up to date.
@@ -366,7 +371,7 @@ impl Store {
         // The event goes in first: its INSERT ... SELECT reads the old status and, on SQLite,
         // takes the write lock at once, so the transaction never has to upgrade a read lock.
         let recorded = sqlx::query(
-            "INSERT INTO flow_events (flow_id, at, from_status, to_status, reason, actor) SELECT id, $2, status, $3, $4, $5 FROM flows WHERE id = $1 AND ($6 IS NULL OR instance_id = $6)",
+            "INSERT INTO flow_events (flow_id, at, from_status, to_status, reason, actor) SELECT id, $2, status, $3, $4, $5 FROM flows WHERE id = $1 AND ($6 IS NULL OR instance_id = $6) AND ($7 IS NULL OR status = $7)",
         )
         .bind(id)
         .bind(now)
@@ -374,6 +379,7 @@ impl Store {
         .bind(t.reason)
         .bind(t.actor)
         .bind(t.only_instance)
+        .bind(t.only_status)
         .execute(&mut *tx)
         .await?;
         if recorded.rows_affected() == 0 {
@@ -507,25 +513,54 @@ impl Store {
         Ok(())
     }
 
-    /// The pump has the trigger.
-    pub async fn mark_acked(&self, id: &str, at: i64) -> Result<()> {
-        sqlx::query("UPDATE executions SET acked_at = COALESCE(acked_at, $2) WHERE id = $1")
-            .bind(id)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn mark_running(&self, id: &str, at: i64) -> Result<bool> {
-        let res = sqlx::query(
-            "UPDATE executions SET status = 'running', started_at = $2, acked_at = COALESCE(acked_at, $2) WHERE id = $1 AND status = 'queued'",
+    /// The pump instance `instance_id` has the trigger.
+    pub async fn mark_acked(&self, id: &str, instance_id: &str, at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE executions SET acked_at = COALESCE(acked_at, $2), instance_id = $3 WHERE id = $1 AND status IN ('queued', 'running')",
         )
         .bind(id)
         .bind(at)
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_running(&self, id: &str, instance_id: &str, at: i64) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE executions SET status = 'running', started_at = $2, acked_at = COALESCE(acked_at, $2), instance_id = $3 WHERE id = $1 AND status = 'queued'",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(instance_id)
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() > 0)
+    }
+
+    /// Hands back what a pump instance held and never finished: those executions become
+    /// `queued` and unacknowledged again, oldest first, for the next pump.
+    pub async fn requeue_instance(
+        &self,
+        flow_id: &str,
+        instance_id: &str,
+    ) -> Result<Vec<ExecutionRecord>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE executions SET status = 'queued', acked_at = NULL, started_at = NULL, instance_id = NULL WHERE flow_id = $1 AND instance_id = $2 AND status IN ('queued', 'running')",
+        )
+        .bind(flow_id)
+        .bind(instance_id)
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {EXEC_COLUMNS} FROM executions WHERE flow_id = $1 AND status = 'queued' AND acked_at IS NULL ORDER BY seq"
+        ))
+        .bind(flow_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(exec_from_row).collect()
     }
 
     /// Finishes an execution unless it is finished already. Returns whether it changed.
@@ -619,5 +654,6 @@ fn exec_from_row(r: &AnyRow) -> Result<ExecutionRecord> {
         acked_at: r.try_get("acked_at")?,
         started_at: r.try_get("started_at")?,
         completed_at: r.try_get("completed_at")?,
+        instance_id: r.try_get("instance_id")?,
     })
 }

@@ -34,6 +34,11 @@ pub enum Step {
         key: String,
         value: serde_json::Value,
     },
+    /// Append a JSON value to the list at `TENANT_PREFIX` + `key` (RPUSH).
+    Append {
+        key: String,
+        value: serde_json::Value,
+    },
     /// Read `TENANT_PREFIX` + `key` into `vars.<as>` (`null` if absent).
     Get {
         key: String,

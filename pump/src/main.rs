@@ -21,6 +21,8 @@ use crate::config::Config;
 
 /// Exit code for a config or environment the pump cannot use.
 const EXIT_CONFIG: u8 = 2;
+/// The field of a subscription probe message (see `subscribe`).
+const PROBE_FIELD: &str = "probe";
 /// How many finished trigger ids are remembered for de-duplication.
 const REMEMBERED: usize = 4096;
 
@@ -159,6 +161,7 @@ async fn run(s: Settings) -> Result<(), String> {
     }
     let subscriber = tokio::spawn(subscribe(
         client,
+        redis.clone(),
         stop_rx,
         work_tx,
         ledger.clone(),
@@ -277,8 +280,14 @@ async fn heartbeat(
 
 /// Keeps a subscription to `trigger:{flow_id}` alive, reconnecting with back-off, and reports
 /// ready once, after the first subscription is confirmed.
+///
+/// A subscription counts as confirmed when a probe published on the channel comes back on it:
+/// the Redis client does not surface a refused SUBSCRIBE (an ACL saying no, say), and a pump
+/// that reported ready without listening would leave every trigger to the re-send path.
+#[allow(clippy::too_many_arguments)] // each is one of the pump's shared parts, named for clarity
 async fn subscribe(
     client: redis::Client,
+    mut publisher: redis::aio::ConnectionManager,
     mut stop: watch::Receiver<bool>,
     work: mpsc::UnboundedSender<Trigger>,
     ledger: Arc<Mutex<Ledger>>,
@@ -308,6 +317,38 @@ async fn subscribe(
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
+        let mut messages = pubsub.on_message();
+        let nonce = format!("{instance_id}-{}", now_ms());
+        let probe = serde_json::json!({ PROBE_FIELD: nonce }).to_string();
+        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&probe)
+            .query_async(&mut publisher)
+            .await;
+        if let Err(e) = published {
+            eprintln!("pump: cannot publish the subscription probe ({e}); retrying in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        let confirmed = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(msg) = messages.next().await {
+                let raw = msg.get_payload_bytes().to_vec();
+                if raw == probe.as_bytes() {
+                    return true;
+                }
+                accept(&raw, &work, &ledger, &events, &flow_id, &instance_id);
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !confirmed {
+            eprintln!("pump: SUBSCRIBE {channel} was not confirmed (refused by Redis?); retrying in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
         backoff = Duration::from_millis(100);
         eprintln!("pump: subscribed to {channel}");
         if !ready_sent {
@@ -318,7 +359,6 @@ async fn subscribe(
                 contract_version: CONTRACT_VERSION,
             });
         }
-        let mut messages = pubsub.on_message();
         loop {
             tokio::select! {
                 msg = messages.next() => match msg {
@@ -348,6 +388,13 @@ fn accept(
 ) {
     let trigger: Trigger = match serde_json::from_slice(raw) {
         Ok(t) => t,
+        // Another instance's subscription probe: not for us, and not a mistake.
+        Err(_)
+            if serde_json::from_slice::<serde_json::Value>(raw)
+                .is_ok_and(|v| v.get(PROBE_FIELD).is_some()) =>
+        {
+            return
+        }
         Err(e) => {
             eprintln!("pump: ignoring a message that is not a trigger: {e}");
             return;

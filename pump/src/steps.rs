@@ -34,6 +34,14 @@ pub async fn run(
                     .await
                     .map_err(|e| format!("steps[{i}] set `{key}`: {e}"))?;
             }
+            Step::Append { key, value } => {
+                let value = render(value, &scope);
+                let key = format!("{}{}", ctx.prefix, render_str(key, &scope));
+                redis
+                    .rpush::<_, _, ()>(&key, value.to_string())
+                    .await
+                    .map_err(|e| format!("steps[{i}] append `{key}`: {e}"))?;
+            }
             Step::Get { key, into } => {
                 let key = format!("{}{}", ctx.prefix, render_str(key, &scope));
                 let raw: Option<String> = redis

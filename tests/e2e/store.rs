@@ -152,8 +152,11 @@ async fn store_suite(store: Store) {
         .collect();
     assert_eq!(unacked, [e1.id.clone(), e2.id.clone()]);
     store.count_attempt(&e1.id).await.unwrap();
-    store.mark_acked(&e1.id, now_ms()).await.unwrap();
-    assert!(store.mark_running(&e1.id, now_ms()).await.unwrap());
+    store.mark_acked(&e1.id, "inst-1", now_ms()).await.unwrap();
+    assert!(store
+        .mark_running(&e1.id, "inst-1", now_ms())
+        .await
+        .unwrap());
     assert!(store
         .finish_execution(&e1.id, Ok(r#"{"ok":true}"#), now_ms())
         .await
@@ -167,6 +170,30 @@ async fn store_suite(store: Store) {
     assert_eq!(done.output.as_deref(), Some(r#"{"ok":true}"#));
     assert_eq!(done.attempts, 2);
     assert!(done.acked_at.is_some() && done.started_at.is_some() && done.completed_at.is_some());
+    // A pump that dies holding a trigger hands it back, queued and unacknowledged.
+    store.mark_acked(&e2.id, "inst-1", now_ms()).await.unwrap();
+    assert!(store
+        .mark_running(&e2.id, "inst-1", now_ms())
+        .await
+        .unwrap());
+    assert!(store
+        .requeue_instance(&a.id, "inst-other")
+        .await
+        .unwrap()
+        .is_empty());
+    let back = store.requeue_instance(&a.id, "inst-1").await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (back[0].id.as_str(), back[0].status.as_str()),
+        (e2.id.as_str(), "queued")
+    );
+    assert!(back[0].acked_at.is_none() && back[0].instance_id.is_none());
+    let mut wake = Transition::new(status::STARTING, "woken", "supervisor");
+    wake.only_status = Some(status::IDLE);
+    assert!(
+        !store.transition(&a.id, wake).await.unwrap(),
+        "only an idle flow can be woken"
+    );
     assert!(store
         .finish_execution(&e2.id, Err("deadline passed"), now_ms())
         .await

@@ -58,9 +58,9 @@ async fn a_trigger_for_a_stopped_flow_gets_409_saying_how_to_start_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trigger_sent_before_the_pump_subscribes_is_redelivered_and_completes() {
+async fn a_trigger_sent_while_the_flow_starts_is_held_and_delivered_once_ready() {
     let app = TestApp::spawn(Backend::Process).await;
-    // startDelay keeps the pump unsubscribed for 2 s after it starts.
+    // startDelay keeps the pump from subscribing (and so from being ready) for 2 s.
     let m =
         "name: late\nconfig:\n  startDelay: 2s\n  steps:\n    - respond: {got: '{{payload.n}}'}\n";
     let flow = app.create_flow(m).await;
@@ -72,9 +72,62 @@ async fn a_trigger_sent_before_the_pump_subscribes_is_redelivered_and_completes(
         .await;
     assert_eq!(exec["status"], "completed", "{exec:#}");
     assert_eq!(exec["output"], json!({"got": 7}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_published_while_the_pump_is_unsubscribed_is_resent_until_it_lands() {
+    let app = TestApp::spawn(Backend::Process).await;
+    let flow = app
+        .create_flow(&manifest(
+            "blip",
+            "",
+            "    - respond: {got: '{{payload.n}}'}\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+
+    // Cut the pump's subscription and keep it from subscribing again until we allow it.
+    let mut redis = redis::Client::open(app.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "-subscribe", "-psubscribe"][..])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"][..])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "the pump's subscriber connection");
+    let listeners: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("trigger:{}", flow.id))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(listeners[0].1, 0, "nobody listens now");
+
+    let (code, accepted) = app.webhook(&flow, &json!({"n": 3})).await;
+    assert_eq!(code, 202);
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "+subscribe", "+psubscribe"][..])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let exec = app
+        .wait_execution(&flow, accepted["execution_id"].as_str().unwrap())
+        .await;
+    assert_eq!(exec["status"], "completed", "{exec:#}");
+    assert_eq!(exec["output"], json!({"got": 3}));
     assert!(
         exec["attempts"].as_i64().unwrap() >= 2,
-        "the first send found no subscriber: {exec:#}"
+        "the first send reached nobody: {exec:#}"
     );
 }
 

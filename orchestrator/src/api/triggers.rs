@@ -4,20 +4,52 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use serde::Deserialize;
+
 use super::{find_flow, ApiError, AppState};
+use crate::dispatcher::Outcome;
 use crate::manifest::{Manifest, DEFAULT_DELIVERY_TIMEOUT};
 use crate::store::{status, FlowRecord};
 use crate::token;
 
+/// The longest `?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Deserialize)]
+pub struct WaitQuery {
+    /// Wait this long for the pump's result (`5s`, `500ms`).
+    wait: Option<String>,
+}
+
+impl WaitQuery {
+    fn duration(&self) -> Result<Option<Duration>, ApiError> {
+        match &self.wait {
+            None => Ok(None),
+            Some(text) => {
+                let d = pumphouse_pump::duration::parse(text)
+                    .map_err(|e| ApiError::BadRequest(format!("wait: {e}")))?;
+                if d > MAX_WAIT {
+                    return Err(ApiError::BadRequest(format!(
+                        "wait: {text} is longer than the {}s allowed; wait less and poll the execution",
+                        MAX_WAIT.as_secs()
+                    )));
+                }
+                Ok(Some(d))
+            }
+        }
+    }
+}
+
 pub async fn webhook(
     State(state): State<AppState>,
     Path((flow_id, given)): Path<(String, String)>,
+    Query(wait): Query<WaitQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     // One answer for an unknown flow and a wrong token, so the URL reveals nothing.
@@ -31,16 +63,17 @@ pub async fn webhook(
     if !token::verify(&given, &flow.webhook_token_hash) {
         return Err(unknown());
     }
-    accept(&state, &flow, "webhook", &body).await
+    accept(&state, &flow, "webhook", &body, wait.duration()?).await
 }
 
 pub async fn inject(
     State(state): State<AppState>,
     Path(flow_id): Path<String>,
+    Query(wait): Query<WaitQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let flow = find_flow(&state, &flow_id).await?;
-    accept(&state, &flow, "manual", &body).await
+    accept(&state, &flow, "manual", &body, wait.duration()?).await
 }
 
 /// A body as the pump will see it: JSON as it is, other UTF-8 text as a JSON string, nothing as
@@ -65,8 +98,12 @@ async fn accept(
     flow: &FlowRecord,
     kind: &str,
     body: &[u8],
+    wait: Option<Duration>,
 ) -> Result<Response, ApiError> {
-    if !matches!(flow.status.as_str(), status::RUNNING | status::STARTING) {
+    if !matches!(
+        flow.status.as_str(),
+        status::RUNNING | status::STARTING | status::IDLE
+    ) {
         let hint = match flow.status.as_str() {
             status::ERROR => format!(
                 "see why with `pumphouse flow status {0}`, then `pumphouse flow start {0}`",
@@ -96,12 +133,45 @@ async fn accept(
             deadline.max(Duration::from_secs(1)),
         )
         .await?;
-    let body = json!({
-        "execution_id": accepted.execution_id,
-        "flow_id": flow.id,
-        "status": "queued",
-    });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    state.supervisor.note_trigger(&flow.id);
+    if flow.status == status::IDLE {
+        // Held by the dispatcher until the pump is ready; one of the concurrent wakes wins.
+        state.supervisor.wake(&flow.id).await?;
+    }
+    let Some(wait) = wait else {
+        let body = json!({
+            "execution_id": accepted.execution_id,
+            "flow_id": flow.id,
+            "status": "queued",
+        });
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    };
+    let outcome = state.dispatcher.wait(&accepted.execution_id, wait).await?;
+    let id = accepted.execution_id;
+    Ok(match outcome {
+        Some(Outcome::Completed(output)) => (
+            StatusCode::OK,
+            Json(json!({"execution_id": id, "status": "completed", "output": output})),
+        )
+            .into_response(),
+        Some(Outcome::Failed(error)) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({"execution_id": id, "status": "failed", "error": error})),
+        )
+            .into_response(),
+        None => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Json(json!({
+                "execution_id": id,
+                "status": "pending",
+                "error": format!(
+                    "no result within {wait:?}; the execution goes on: GET /api/flows/{}/executions/{id}",
+                    flow.id
+                ),
+            })),
+        )
+            .into_response(),
+    })
 }
 
 #[cfg(test)]

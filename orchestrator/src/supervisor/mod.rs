@@ -1,0 +1,769 @@
+//! The supervisor: starts, wakes, scales down and stops pumps, and turns what pumps and
+//! backends report into flow and execution state.
+//!
+//! A start records the flow as `starting` with a fresh instance id *before* the backend starts
+//! the pump, so every later report can be matched to the pump that sent it: a report from an
+//! instance the flow no longer runs is ignored. A pump becomes `running` only on its own ready
+//! signal, which opens the flow's gate in the dispatcher. Idle pumps are stopped by the reaper
+//! (flow `idle`); a trigger for an idle flow wakes it, once, however many arrive meanwhile.
+//!
+//! # Guarantees
+//! - Only one caller wins a wake: the `idle -> starting` change is a compare-and-set in the store.
+//! - A pump that dies holding triggers hands them back: they are re-queued for the next pump.
+//! - A pump that exits before it is ready, or stays silent past the start timeout, puts the flow
+//!   in `error` with the reason and its last log lines, and fails the triggers held for it.
+
+pub mod reaper;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::StreamExt as _;
+use pumphouse_pump::{channels, env, PumpEvent};
+use serde::Serialize;
+
+use crate::backend::{Backend, BackendError, BackendEvent, PumpSpec, PumpState};
+use crate::dispatcher::{Dispatcher, Outcome};
+use crate::manifest::{Manifest, ManifestError, DEFAULT_STOP_GRACE};
+use crate::store::{self, now_ms, status, FlowRecord, Store, StoreError, Transition};
+
+/// Lines of pump log quoted in an error reason.
+const LOG_TAIL_IN_REASON: usize = 10;
+
+/// How pumps are set up and looked after, from the orchestrator's configuration.
+#[derive(Debug, Clone)]
+pub struct PumpSettings {
+    /// Image for flows whose manifest names none.
+    pub default_image: String,
+    /// `REDIS_URL` as pumps must see it (may differ from the orchestrator's own).
+    pub redis_url: String,
+    pub heartbeat: Duration,
+    /// A pump silent for this long after its start (or wake) puts the flow in `error`.
+    pub start_timeout: Duration,
+    /// First wait before restarting a crashed pump; doubles with each crash in the window.
+    pub restart_backoff: Duration,
+    /// This many crashes within `crash_window` is a crash loop: the flow goes to `error`.
+    pub crash_limit: usize,
+    pub crash_window: Duration,
+}
+
+impl PumpSettings {
+    pub fn new(default_image: &str, redis_url: &str) -> PumpSettings {
+        PumpSettings {
+            default_image: default_image.into(),
+            redis_url: redis_url.into(),
+            heartbeat: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(60),
+            restart_backoff: Duration::from_millis(500),
+            crash_limit: 5,
+            crash_window: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("the stored manifest of flow {flow_id} no longer parses: {source}; apply it again")]
+    Manifest {
+        flow_id: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("flow {0} does not exist")]
+    NotFound(String),
+}
+
+/// The last heartbeat of a flow's pump.
+#[derive(Debug, Clone, Serialize)]
+pub struct Heartbeat {
+    pub instance_id: String,
+    pub received_at: i64,
+    pub in_flight: u32,
+    pub last_activity_ms: i64,
+    pub processed: u64,
+}
+
+pub struct Supervisor {
+    store: Store,
+    backend: Arc<dyn Backend>,
+    dispatcher: Arc<Dispatcher>,
+    settings: PumpSettings,
+    heartbeats: Mutex<HashMap<String, Heartbeat>>,
+    deadlines: Mutex<reaper::Deadlines>,
+    /// Crash times per flow, for back-off and crash-loop detection.
+    crashes: Mutex<HashMap<String, Vec<i64>>>,
+}
+
+impl Supervisor {
+    pub fn new(
+        store: Store,
+        backend: Arc<dyn Backend>,
+        dispatcher: Arc<Dispatcher>,
+        settings: PumpSettings,
+    ) -> Supervisor {
+        Supervisor {
+            store,
+            backend,
+            dispatcher,
+            settings,
+            heartbeats: Mutex::new(HashMap::new()),
+            deadlines: Mutex::new(reaper::Deadlines::default()),
+            crashes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn heartbeat(&self, flow_id: &str) -> Option<Heartbeat> {
+        self.heartbeats
+            .lock()
+            .expect("heartbeats lock")
+            .get(flow_id)
+            .cloned()
+    }
+
+    /// The environment a flow's pump gets: the flow's own variables, then the contract's.
+    pub fn pump_env(
+        &self,
+        flow: &FlowRecord,
+        manifest: &Manifest,
+        instance_id: &str,
+    ) -> BTreeMap<String, String> {
+        let mut vars = manifest.env.clone();
+        let config = base64::engine::general_purpose::STANDARD.encode(manifest.config_yaml());
+        for (k, v) in [
+            (env::FLOW_ID, flow.id.clone()),
+            (env::TENANT_ID, flow.tenant_id.clone()),
+            (env::INSTANCE_ID, instance_id.to_string()),
+            (env::ORGANISM_YAML, config),
+            (env::REDIS_URL, self.settings.redis_url.clone()),
+            (
+                env::TENANT_PREFIX,
+                channels::tenant_prefix(&flow.tenant_id, &flow.id),
+            ),
+            (
+                env::CONTRACT_VERSION,
+                pumphouse_pump::CONTRACT_VERSION.to_string(),
+            ),
+            (
+                env::HEARTBEAT_MS,
+                self.settings.heartbeat.as_millis().to_string(),
+            ),
+        ] {
+            vars.insert(k.to_string(), v);
+        }
+        vars
+    }
+
+    /// Starts the flow's pump on request, replacing any it had. The flow is `starting` until the
+    /// pump reports ready.
+    pub async fn start(
+        self: &Arc<Self>,
+        flow: &FlowRecord,
+        actor: &str,
+    ) -> Result<(), SupervisorError> {
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let reason = format!("start requested by {actor}");
+        let mut t = Transition::new(status::STARTING, &reason, actor);
+        t.desired = Some("running");
+        t.pump = Some((Some(&instance_id), None));
+        if !self.store.transition(&flow.id, t).await? {
+            return Err(SupervisorError::NotFound(flow.id.clone()));
+        }
+        self.crashes.lock().expect("crashes lock").remove(&flow.id);
+        self.launch(flow, &instance_id).await
+    }
+
+    /// Wakes an idle flow for the triggers waiting on it. Returns whether this call started the
+    /// pump: of many concurrent wakes exactly one does, the others find the flow `starting`.
+    pub async fn wake(self: &Arc<Self>, flow_id: &str) -> Result<bool, SupervisorError> {
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let mut t = Transition::new(status::STARTING, "woken by a trigger", "supervisor");
+        t.pump = Some((Some(&instance_id), None));
+        t.only_status = Some(status::IDLE);
+        if !self.store.transition(flow_id, t).await? {
+            return Ok(false);
+        }
+        let flow = self
+            .store
+            .get_flow(flow_id)
+            .await?
+            .ok_or_else(|| SupervisorError::NotFound(flow_id.to_string()))?;
+        tracing::info!(flow_id, flow = %flow.name, "waking the flow for waiting triggers");
+        self.launch(&flow, &instance_id).await?;
+        Ok(true)
+    }
+
+    /// Has the backend start `instance_id` of the flow's pump, already recorded as `starting`.
+    async fn launch(
+        self: &Arc<Self>,
+        flow: &FlowRecord,
+        instance_id: &str,
+    ) -> Result<(), SupervisorError> {
+        self.dispatcher.close(&flow.id);
+        let manifest = match Manifest::parse(&flow.manifest) {
+            Ok(m) => m,
+            Err(source) => {
+                let err = SupervisorError::Manifest {
+                    flow_id: flow.id.clone(),
+                    source,
+                };
+                self.fail_start(&flow.id, instance_id, &err.to_string())
+                    .await?;
+                return Err(err);
+            }
+        };
+        let spec = PumpSpec {
+            flow_id: flow.id.clone(),
+            tenant_id: flow.tenant_id.clone(),
+            instance_id: instance_id.to_string(),
+            flow_name: flow.name.clone(),
+            image: Some(
+                manifest
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| self.settings.default_image.clone()),
+            ),
+            env: self.pump_env(flow, &manifest, instance_id),
+            resources: manifest.resources().unwrap_or_default(),
+            stop_grace: manifest.stop_grace().unwrap_or(DEFAULT_STOP_GRACE),
+        };
+        match self.backend.start(&spec).await {
+            Ok(started) => {
+                tracing::info!(flow_id = %flow.id, flow = %flow.name, instance_id, pump = %started.pump_ref, backend = self.backend.name(), "pump started");
+                // Not a status change: the pump may already have reported ready.
+                self.store
+                    .set_pump_ref(&flow.id, instance_id, &started.pump_ref)
+                    .await?;
+            }
+            Err(e) => {
+                let reason = format!("the backend could not start the pump: {e}");
+                self.fail_start(&flow.id, instance_id, &reason).await?;
+                return Err(e.into());
+            }
+        }
+        let this = self.clone();
+        let flow_id = flow.id.clone();
+        let instance_id = instance_id.to_string();
+        tokio::spawn(async move { this.watch_start(flow_id, instance_id).await });
+        Ok(())
+    }
+
+    /// The start of `instance_id` failed: the flow goes to `error` and its held triggers fail.
+    async fn fail_start(
+        &self,
+        flow_id: &str,
+        instance_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut t = Transition::new(status::ERROR, reason, "supervisor");
+        t.only_instance = Some(instance_id);
+        if self.store.transition(flow_id, t).await? {
+            self.deadlines
+                .lock()
+                .expect("deadlines lock")
+                .disarm(flow_id);
+            self.dispatcher
+                .fail_flow(flow_id, &format!("the flow's pump did not start: {reason}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn watch_start(&self, flow_id: String, instance_id: String) {
+        tokio::time::sleep(self.settings.start_timeout).await;
+        let Ok(Some(flow)) = self.store.get_flow(&flow_id).await else {
+            return;
+        };
+        if flow.status != status::STARTING || flow.instance_id.as_deref() != Some(&instance_id) {
+            return;
+        }
+        let tail = self.log_tail(&flow_id).await;
+        let reason = format!(
+            "the pump did not report ready within {:?}; it was stopped{}",
+            self.settings.start_timeout, tail
+        );
+        if let Err(e) = self.fail_start(&flow_id, &instance_id, &reason).await {
+            tracing::warn!(flow_id, error = %e, "recording a start timeout failed");
+        }
+        if let Err(e) = self.backend.stop(&flow_id, Duration::from_secs(5)).await {
+            tracing::warn!(flow_id, error = %e, "stopping a pump that never got ready failed");
+        }
+    }
+
+    /// Stops the flow's pump on request; triggers not yet acknowledged are marked failed.
+    pub async fn stop(&self, flow: &FlowRecord, actor: &str) -> Result<(), SupervisorError> {
+        let grace = stop_grace(flow);
+        let reason = format!("stop requested by {actor}");
+        let mut t = Transition::new(status::STOPPED, &reason, actor);
+        t.desired = Some("stopped");
+        t.pump = Some((None, None));
+        if !self.store.transition(&flow.id, t).await? {
+            return Err(SupervisorError::NotFound(flow.id.clone()));
+        }
+        self.forget(&flow.id);
+        self.backend.stop(&flow.id, grace).await?;
+        self.dispatcher
+            .fail_flow(
+                &flow.id,
+                "the flow was stopped before a pump acknowledged this trigger",
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn forget(&self, flow_id: &str) {
+        self.dispatcher.close(flow_id);
+        self.heartbeats
+            .lock()
+            .expect("heartbeats lock")
+            .remove(flow_id);
+        self.deadlines
+            .lock()
+            .expect("deadlines lock")
+            .disarm(flow_id);
+    }
+
+    /// A trigger was accepted for the flow: its idle clock starts again.
+    pub fn note_trigger(&self, flow_id: &str) {
+        self.deadlines
+            .lock()
+            .expect("deadlines lock")
+            .touch(flow_id, now_ms());
+    }
+
+    /// Scales a running flow to zero if it is really idle: no execution in flight by its last
+    /// heartbeat and no trigger waiting. A busy flow gets its idle clock back.
+    pub async fn scale_down_if_idle(
+        &self,
+        flow_id: &str,
+        timeout_ms: i64,
+    ) -> Result<bool, SupervisorError> {
+        let Some(flow) = self.store.get_flow(flow_id).await? else {
+            return Ok(false);
+        };
+        if flow.status != status::RUNNING || flow.keep_alive {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let beat = self.heartbeat(flow_id);
+        let quiet_since = beat.as_ref().map(|b| b.last_activity_ms).unwrap_or(now);
+        let busy = beat.as_ref().is_none_or(|b| b.in_flight > 0)
+            || self.dispatcher.has_pending(flow_id)
+            || quiet_since + timeout_ms > now;
+        if busy {
+            let mut d = self.deadlines.lock().expect("deadlines lock");
+            d.arm(
+                flow_id,
+                timeout_ms,
+                now.min(quiet_since.max(now - timeout_ms + 200)),
+            );
+            return Ok(false);
+        }
+        let Some(instance_id) = flow.instance_id.clone() else {
+            return Ok(false);
+        };
+        let reason = format!("no work for {}; scaled to zero", human_ms(timeout_ms));
+        let mut t = Transition::new(status::IDLE, &reason, "reaper");
+        t.only_instance = Some(&instance_id);
+        t.only_status = Some(status::RUNNING);
+        if !self.store.transition(flow_id, t).await? {
+            return Ok(false);
+        }
+        tracing::info!(flow_id, flow = %flow.name, "scaling an idle flow to zero");
+        self.forget(flow_id);
+        self.backend.stop(flow_id, stop_grace(&flow)).await?;
+        Ok(true)
+    }
+
+    async fn log_tail(&self, flow_id: &str) -> String {
+        match self.backend.logs(flow_id, LOG_TAIL_IN_REASON).await {
+            Ok(lines) if !lines.is_empty() => format!("; last log lines:\n{}", lines.join("\n")),
+            _ => String::new(),
+        }
+    }
+
+    /// Applies one pump event. Idempotent: events may be read twice.
+    pub async fn apply_pump_event(&self, ev: PumpEvent) -> Result<(), StoreError> {
+        let at = now_ms();
+        match ev {
+            PumpEvent::Ready {
+                flow_id,
+                instance_id,
+                ..
+            } => {
+                let mut t = Transition::new(status::RUNNING, "pump reported ready", "pump");
+                t.only_instance = Some(&instance_id);
+                t.only_status = Some(status::STARTING);
+                if self.store.transition(&flow_id, t).await? {
+                    self.became_running(&flow_id).await?;
+                }
+            }
+            PumpEvent::Heartbeat {
+                flow_id,
+                instance_id,
+                in_flight,
+                last_activity_ms,
+                processed,
+            } => {
+                {
+                    let mut d = self.deadlines.lock().expect("deadlines lock");
+                    d.touch(&flow_id, if in_flight > 0 { at } else { last_activity_ms });
+                }
+                self.heartbeats.lock().expect("heartbeats lock").insert(
+                    flow_id,
+                    Heartbeat {
+                        instance_id,
+                        received_at: at,
+                        in_flight,
+                        last_activity_ms,
+                        processed,
+                    },
+                );
+            }
+            PumpEvent::Ack {
+                trigger_id,
+                instance_id,
+                ..
+            } => {
+                self.dispatcher.acknowledged(&trigger_id);
+                self.store.mark_acked(&trigger_id, &instance_id, at).await?;
+            }
+            PumpEvent::Started {
+                trigger_id,
+                instance_id,
+                ..
+            } => {
+                self.dispatcher.acknowledged(&trigger_id);
+                self.store
+                    .mark_running(&trigger_id, &instance_id, at)
+                    .await?;
+            }
+            PumpEvent::Completed {
+                trigger_id, output, ..
+            } => {
+                self.dispatcher
+                    .finish(&trigger_id, Outcome::Completed(output))
+                    .await?;
+            }
+            PumpEvent::Failed {
+                trigger_id, error, ..
+            } => {
+                self.dispatcher
+                    .finish(&trigger_id, Outcome::Failed(error))
+                    .await?;
+            }
+            PumpEvent::Draining {
+                flow_id, in_flight, ..
+            } => {
+                tracing::info!(flow_id, in_flight, "pump is draining");
+            }
+        }
+        Ok(())
+    }
+
+    /// The flow's pump is ready (or adopted as running): open its gate, start its idle clock.
+    async fn became_running(&self, flow_id: &str) -> Result<(), StoreError> {
+        if let Some(flow) = self.store.get_flow(flow_id).await? {
+            if !flow.keep_alive {
+                self.deadlines.lock().expect("deadlines lock").arm(
+                    flow_id,
+                    flow.idle_timeout_ms,
+                    now_ms(),
+                );
+            }
+        }
+        self.dispatcher.open(flow_id).await;
+        Ok(())
+    }
+
+    /// Applies one backend event: a pump's exit. What it held goes back to the queue; an exit
+    /// nobody asked for is a failed start or a crash.
+    pub async fn apply_backend_event(self: &Arc<Self>, ev: BackendEvent) -> Result<(), StoreError> {
+        let BackendEvent::Exited {
+            flow_id,
+            instance_id,
+            code,
+            oom,
+        } = ev;
+        let Some(instance_id) = instance_id else {
+            return Ok(());
+        };
+        let requeued = self.store.requeue_instance(&flow_id, &instance_id).await?;
+        if !requeued.is_empty() {
+            tracing::info!(
+                flow_id,
+                count = requeued.len(),
+                "re-queued triggers the exited pump held"
+            );
+            self.dispatcher.requeue(&requeued);
+        }
+        let Some(flow) = self.store.get_flow(&flow_id).await? else {
+            return Ok(());
+        };
+        if flow.instance_id.as_deref() != Some(&instance_id) || flow.desired_state != "running" {
+            return Ok(());
+        }
+        let code_text = code.map_or("an unknown code".to_string(), |c| format!("code {c}"));
+        let oom_text = if oom {
+            " (killed for exceeding its memory limit)"
+        } else {
+            ""
+        };
+        match flow.status.as_str() {
+            status::STARTING => {
+                self.forget(&flow_id);
+                let tail = self.log_tail(&flow_id).await;
+                let reason =
+                    format!("the pump exited before it was ready with {code_text}{oom_text}{tail}");
+                tracing::warn!(flow_id, flow = %flow.name, ?code, oom, "pump exited before it was ready");
+                self.fail_start(&flow_id, &instance_id, &reason).await?;
+            }
+            status::RUNNING => {
+                self.forget(&flow_id);
+                self.crashed(&flow, &instance_id, &format!("{code_text}{oom_text}"))
+                    .await?;
+            }
+            // idle, stopped: the exit was asked for.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A running pump died: restart it after a back-off, or, in a crash loop, give up.
+    async fn crashed(
+        self: &Arc<Self>,
+        flow: &FlowRecord,
+        instance_id: &str,
+        how: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let window = self.settings.crash_window.as_millis() as i64;
+        let crashes = {
+            let mut all = self.crashes.lock().expect("crashes lock");
+            let times = all.entry(flow.id.clone()).or_default();
+            times.retain(|t| now - t < window);
+            times.push(now);
+            times.len()
+        };
+        let tail = self.log_tail(&flow.id).await;
+        tracing::warn!(flow_id = %flow.id, flow = %flow.name, how, crashes, "pump exited unexpectedly");
+        if crashes >= self.settings.crash_limit {
+            let reason = format!(
+                "crash loop: the pump exited {crashes} times within {}; last exit with {how}{tail}",
+                human_ms(window)
+            );
+            self.fail_start(&flow.id, instance_id, &reason).await?;
+            return Ok(());
+        }
+        let backoff = self.settings.restart_backoff * 2u32.saturating_pow(crashes as u32 - 1);
+        let next = uuid::Uuid::new_v4().to_string();
+        let reason = format!(
+            "the pump exited unexpectedly with {how}; restarting in {} (crash {crashes} of {} allowed within {}){tail}",
+            human_ms(backoff.as_millis() as i64),
+            self.settings.crash_limit,
+            human_ms(window)
+        );
+        let mut t = Transition::new(status::STARTING, &reason, "supervisor");
+        t.only_instance = Some(instance_id);
+        t.pump = Some((Some(&next), None));
+        if !self.store.transition(&flow.id, t).await? {
+            return Ok(());
+        }
+        let this = self.clone();
+        let flow_id = flow.id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let Ok(Some(flow)) = this.store.get_flow(&flow_id).await else {
+                return;
+            };
+            if flow.instance_id.as_deref() == Some(&next) && flow.status == status::STARTING {
+                if let Err(e) = this.launch(&flow, &next).await {
+                    tracing::warn!(flow_id, error = %e, "restarting a crashed pump failed");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// One housekeeping pass: scales down flows whose idle deadline passed, and wakes idle
+    /// flows that have triggers waiting (a trigger that raced a scale-down lands here).
+    pub async fn housekeep(self: &Arc<Self>) {
+        let due = self
+            .deadlines
+            .lock()
+            .expect("deadlines lock")
+            .pop_due(now_ms());
+        for (flow_id, timeout_ms) in due {
+            if let Err(e) = self.scale_down_if_idle(&flow_id, timeout_ms).await {
+                tracing::warn!(flow_id, error = %e, "scaling down failed");
+            }
+        }
+        for flow_id in self.dispatcher.held_flows() {
+            match self.store.get_flow(&flow_id).await {
+                Ok(Some(f)) if f.status == status::IDLE => {
+                    if let Err(e) = self.wake(&flow_id).await {
+                        tracing::warn!(flow_id, error = %e, "waking a flow failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(flow_id, error = %e, "reading a flow failed"),
+            }
+        }
+    }
+
+    /// Runs the loops: pump events, backend events, re-delivery and housekeeping. Returns only
+    /// if the backend's event stream ends, which a backend never does on its own.
+    pub async fn run(self: Arc<Self>, bus: crate::bus::Bus, consumer: String) {
+        let events = {
+            let this = self.clone();
+            async move {
+                bus.consume_events(&consumer, |ev| {
+                    let this = this.clone();
+                    async move {
+                        if let Err(e) = this.apply_pump_event(ev).await {
+                            tracing::warn!(error = %e, "applying a pump event failed");
+                        }
+                    }
+                })
+                .await
+            }
+        };
+        let backend_events = {
+            let this = self.clone();
+            async move {
+                let mut stream = this.backend.events();
+                while let Some(ev) = stream.next().await {
+                    if let Err(e) = this.apply_backend_event(ev).await {
+                        tracing::warn!(error = %e, "applying a backend event failed");
+                    }
+                }
+            }
+        };
+        let redelivery = {
+            let this = self.clone();
+            async move { this.dispatcher.run().await }
+        };
+        let housekeeping = {
+            let this = self.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_millis(100));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    this.housekeep().await;
+                }
+            }
+        };
+        tokio::join!(events, backend_events, redelivery, housekeeping);
+    }
+}
+
+fn stop_grace(flow: &FlowRecord) -> Duration {
+    Manifest::parse(&flow.manifest)
+        .ok()
+        .and_then(|m| m.stop_grace().ok())
+        .unwrap_or(DEFAULT_STOP_GRACE)
+}
+
+/// `1500` -> `1.5s`, `900000` -> `15m`.
+fn human_ms(ms: i64) -> String {
+    if ms % 60_000 == 0 && ms >= 60_000 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{:.1}s", ms as f64 / 1_000.0)
+    }
+}
+
+/// The status of a flow as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct FlowStatus {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub desired_state: String,
+    pub reason: Option<String>,
+    pub backend: &'static str,
+    pub pump: Option<PumpView>,
+    pub heartbeat: Option<Heartbeat>,
+    pub events: Vec<store::FlowEvent>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PumpView {
+    pub pump_ref: String,
+    pub instance_id: Option<String>,
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+}
+
+impl Supervisor {
+    pub async fn status(&self, flow: &FlowRecord) -> Result<FlowStatus, SupervisorError> {
+        let pump = self.backend.inspect(&flow.id).await?.map(|p| {
+            let (state, exit_code, oom_killed) = match p.state {
+                PumpState::Starting => ("starting", None, false),
+                PumpState::Running => ("running", None, false),
+                PumpState::Exited { code, oom } => ("exited", code, oom),
+            };
+            PumpView {
+                pump_ref: p.pump_ref,
+                instance_id: p.instance_id,
+                state: state.to_string(),
+                exit_code,
+                oom_killed,
+            }
+        });
+        Ok(FlowStatus {
+            id: flow.id.clone(),
+            name: flow.name.clone(),
+            status: flow.status.clone(),
+            desired_state: flow.desired_state.clone(),
+            reason: flow.status_reason.clone(),
+            backend: self.backend.name(),
+            pump,
+            heartbeat: self.heartbeat(&flow.id),
+            events: self.store.flow_events(&flow.id, 20).await?,
+        })
+    }
+}
+
+impl Supervisor {
+    /// At start-up: a pump still running as the flow's instance is adopted (its gate opens);
+    /// a flow that should run and has no pump is started again; idle flows stay at zero.
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, SupervisorError> {
+        let mut started = 0;
+        for flow in self.store.flows_wanted_running().await? {
+            if matches!(flow.status.as_str(), status::ERROR | status::IDLE) {
+                continue;
+            }
+            let pump = self.backend.inspect(&flow.id).await?;
+            let alive = pump.is_some_and(|p| {
+                p.instance_id == flow.instance_id
+                    && matches!(p.state, PumpState::Running | PumpState::Starting)
+            });
+            if alive {
+                if flow.status == status::RUNNING {
+                    self.became_running(&flow.id).await?;
+                }
+                continue;
+            }
+            if let Err(e) = self.start(&flow, "supervisor").await {
+                tracing::warn!(flow_id = %flow.id, error = %e, "restarting a flow at start-up failed");
+            } else {
+                started += 1;
+            }
+        }
+        Ok(started)
+    }
+}
