@@ -6,3 +6,4 @@ mod cli;
 mod flows;
 mod store;
 mod triggers;
+mod wake;
