@@ -242,21 +242,22 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The reference pump binary cargo built beside this test.
+/// The reference pump binary cargo built beside this test (target/<profile>/deps/e2e-x) or
+/// beside this benchmark (target/<profile>/wake).
 pub fn pump_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
-    // target/debug/deps/e2e-xxxx -> target/debug/pump
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
+    let dirs = [exe.parent(), exe.parent().and_then(Path::parent)];
+    let found = dirs
+        .into_iter()
+        .flatten()
         .map(|d| d.join("pump"))
-        .expect("a target directory");
-    assert!(
-        bin.exists(),
-        "the reference pump is not built at {}; run `cargo build -p pumphouse-pump` (ops/test.sh does)",
-        bin.display()
-    );
-    bin
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "the reference pump is not built beside {}; run `cargo build -p pumphouse-pump` (ops/test.sh does)",
+            exe.display()
+        )
+    })
 }
 
 /// The `pumphouse` binary cargo built beside this test.
@@ -281,11 +282,6 @@ pub async fn docker() -> bollard::Docker {
     docker.ping().await.unwrap_or_else(|e| {
         panic!("the Docker engine does not answer ({e}); start it with ops/test.sh, which starts dockerd")
     });
-    let image = docker.inspect_image(PUMP_IMAGE).await;
-    assert!(
-        image.is_ok(),
-        "the pump image {PUMP_IMAGE} is missing; build it with ops/build-images.sh (ops/test.sh does)"
-    );
     remove_dead_test_containers(&docker).await;
     docker
 }
@@ -410,6 +406,14 @@ impl TestApp {
         config.heartbeat = Duration::from_millis(500);
         config.start_timeout = Duration::from_secs(20);
         tweak(&mut config);
+        if let Some(docker) = &docker {
+            let image = docker.inspect_image(&config.pump_image).await;
+            assert!(
+                image.is_ok(),
+                "the pump image {} is missing; build it with ops/build-images.sh (ops/test.sh does)",
+                config.pump_image
+            );
+        }
         let store_url = config.store_url.clone();
         let app = Application::build(config)
             .await
