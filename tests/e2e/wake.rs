@@ -54,6 +54,26 @@ async fn redis_list(app: &TestApp, key: &str) -> Vec<String> {
         .unwrap()
 }
 
+/// Waits until the flow's container is stopped (parked: `idle` is recorded before the pump is
+/// stopped, and it stops once it has drained); returns its id.
+async fn parked_container(app: &TestApp, flow: &TestFlow) -> String {
+    let started = Instant::now();
+    loop {
+        let c = app
+            .container(flow)
+            .await
+            .expect("a parked container is kept");
+        if c.state.as_ref().and_then(|s| s.running) == Some(false) {
+            return c.id.unwrap();
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the idle pump's container never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Creates a flow with a short idle timeout, starts it and waits until the reaper has taken it
 /// to zero.
 async fn flow_at_zero(app: &TestApp, name: &str, steps: &str) -> TestFlow {
@@ -75,15 +95,7 @@ async fn two_hundred_webhooks_at_zero_start_one_pump_and_complete_in_arrival_ord
         "    - append: {key: order, value: '{{trigger.id}}'}\n    - respond: '{{payload.i}}'\n",
     )
     .await;
-    // `idle` is recorded before the pump is stopped; the container goes once it has drained.
-    let started = Instant::now();
-    while app.container(&flow).await.is_some() {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the idle pump's container was never removed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let parked = parked_container(&app, &flow).await;
 
     let calls = (0..200).map(|i| {
         let url = app.url(&format!("/api/triggers/{}/webhook/{}", flow.id, flow.token));
@@ -119,6 +131,12 @@ async fn two_hundred_webhooks_at_zero_start_one_pump_and_complete_in_arrival_ord
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
+    let woken = app.container(&flow).await.unwrap();
+    assert_eq!(
+        woken.id.unwrap(),
+        parked,
+        "the wake restarted the parked container"
+    );
     let ran: Vec<String> = redis_list(&app, &format!("tenant:default:flow:{}:order", flow.id))
         .await
         .into_iter()
@@ -355,4 +373,68 @@ async fn wait_returns_the_pumps_result_or_504_with_the_execution_id() {
         )
         .await;
     assert_eq!(code, 400, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_docker_flow_restarts_its_parked_container_unless_the_manifest_changed() {
+    let app = TestApp::spawn(Backend::Docker).await;
+    let flow = flow_at_zero(&app, "thrifty", "    - respond: '{{payload.v}}'\n").await;
+    let parked = parked_container(&app, &flow).await;
+
+    let (code, body) = app
+        .post(
+            &format!("/api/triggers/{}/webhook/{}?wait=20s", flow.id, flow.token),
+            r#"{"v": 1}"#,
+        )
+        .await;
+    assert_eq!((code, &body["output"]), (200, &json!(1)), "{body}");
+    assert_eq!(
+        app.container(&flow).await.unwrap().id.unwrap(),
+        parked,
+        "same container, restarted"
+    );
+    app.wait_status(&flow, "idle").await;
+    parked_container(&app, &flow).await;
+
+    // A manifest change reaches the pump: the next wake creates a container with it.
+    let resp = app
+        .http
+        .put(app.url(&format!("/api/flows/{}", flow.id)))
+        .body(manifest(
+            "thrifty",
+            "idleTimeout: 1s\nenv: {COLOUR: blue}\n",
+            "    - respond: 'v{{payload.v}}'\n",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (code, body) = app
+        .post(
+            &format!("/api/triggers/{}/webhook/{}?wait=20s", flow.id, flow.token),
+            r#"{"v": 2}"#,
+        )
+        .await;
+    assert_eq!((code, &body["output"]), (200, &json!("v2")), "{body}");
+    let fresh = app.container(&flow).await.unwrap();
+    assert_ne!(
+        fresh.id.as_deref(),
+        Some(parked.as_str()),
+        "a new container for the new manifest"
+    );
+    assert!(fresh
+        .config
+        .unwrap()
+        .env
+        .unwrap()
+        .contains(&"COLOUR=blue".to_string()));
+    let s = app.wait_status(&flow, "running").await;
+    assert!(
+        !s["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["to_status"] == "error"),
+        "parking and waking never looked like a crash: {s:#}"
+    );
 }

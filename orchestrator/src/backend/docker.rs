@@ -9,8 +9,11 @@
 //! Exited containers are kept until the next `start` or `stop`, so their exit code, OOM flag and
 //! log tail can still be read when the supervisor reacts to the exit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest as _, Sha256};
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
@@ -65,6 +68,8 @@ pub struct DockerConfig {
 pub struct DockerBackend {
     docker: Docker,
     config: DockerConfig,
+    /// Containers the orchestrator is stopping itself; their `die` is not reported.
+    stopping: Arc<Mutex<HashSet<String>>>,
 }
 
 impl DockerBackend {
@@ -86,7 +91,107 @@ impl DockerBackend {
             .map_err(unreachable)?;
         docker.ping().await.map_err(unreachable)?;
         tracing::debug!(%socket, cluster = %config.cluster, "connected to Docker");
-        Ok(DockerBackend { docker, config })
+        Ok(DockerBackend {
+            docker,
+            config,
+            stopping: Arc::default(),
+        })
+    }
+
+    /// Notes that the running container `name` is about to be stopped by us, so its `die` is
+    /// not reported as a crash. A container that is not running will not die: nothing to note.
+    async fn expect_death(&self, name: &str) {
+        if let Ok(resp) = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            let running = resp.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+            if let (true, Some(id)) = (running, resp.id) {
+                self.stopping.lock().expect("stopping lock").insert(id);
+            }
+        }
+    }
+
+    /// Stops the container gracefully; with `remove`, removes it afterwards.
+    async fn halt(&self, flow_id: &str, grace: Duration, remove: bool) -> Result<(), BackendError> {
+        let name = self.container_name(flow_id);
+        self.expect_death(&name).await;
+        let t = grace_secs(grace);
+        // The stop request only answers once the pump has exited, which may take the whole
+        // grace period: the request timeout must outlast it.
+        let docker = self.docker.clone().with_timeout(Duration::from_secs(
+            REQUEST_TIMEOUT_SECS.max(u64::from(t.unsigned_abs()) + 30),
+        ));
+        let opts = StopContainerOptions {
+            t: Some(t),
+            signal: None,
+        };
+        match docker.stop_container(&name, Some(opts)).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            // The forced removal below still kills it; a pump must not outlive a stop.
+            Err(e) => {
+                tracing::warn!(flow_id, error = %e, "graceful stop failed; removing the pump by force");
+                return self.remove(&name, flow_id).await;
+            }
+        }
+        if remove {
+            self.remove(&name, flow_id).await?;
+        }
+        Ok(())
+    }
+
+    /// The hash a container created from `body` carries, over everything it was created with
+    /// and the image's id (a tag can move).
+    async fn config_hash(&self, body: &ContainerCreateBody) -> String {
+        let image_id = match &body.image {
+            Some(image) => self
+                .docker
+                .inspect_image(image)
+                .await
+                .ok()
+                .and_then(|i| i.id)
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        // serde_json's maps are ordered, so the text is the same for the same body.
+        let canonical = serde_json::to_value(body)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let digest = Sha256::digest(format!("{image_id}\n{canonical}").as_bytes());
+        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Starts the parked container `name` if it was created from exactly this config.
+    async fn restart_parked(&self, name: &str, hash: &str, flow_id: &str) -> Option<String> {
+        let resp = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        let same = resp
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(labels::CONFIG_HASH))
+            .is_some_and(|h| h == hash);
+        let stopped = matches!(pump_state(resp.state.as_ref()), PumpState::Exited { .. });
+        if !(same && stopped) {
+            return None;
+        }
+        let id = resp.id?;
+        match self
+            .docker
+            .start_container(&id, None::<StartContainerOptions>)
+            .await
+        {
+            Ok(()) => Some(id),
+            Err(e) => {
+                tracing::debug!(flow_id, error = %e, "restarting the parked container failed; creating a new one");
+                None
+            }
+        }
     }
 
     /// The container name of a flow's pump: `pumphouse-{cluster}-{flow_id}`.
@@ -126,9 +231,25 @@ impl Backend for DockerBackend {
     async fn start(&self, spec: &PumpSpec) -> Result<PumpStatus, BackendError> {
         let flow_id = spec.flow_id.as_str();
         let name = self.container_name(flow_id);
-        let body = container_body(spec, &self.config)?;
+        let mut body = container_body(spec, &self.config)?;
+        let hash = self.config_hash(&body).await;
+        if let Some(labels) = body.labels.as_mut() {
+            labels.insert(labels::CONFIG_HASH.to_owned(), hash.clone());
+        }
+        // Restarting a parked container skips the create (about 15 ms of 90 measured here,
+        // ops/bench-docker-start.sh); any change to the config makes a new one instead.
+        if let Some(id) = self.restart_parked(&name, &hash, flow_id).await {
+            tracing::debug!(flow_id, instance_id = %spec.instance_id, container = %id, "parked pump container restarted");
+            return Ok(PumpStatus {
+                flow_id: flow_id.to_owned(),
+                instance_id: Some(spec.instance_id.clone()),
+                state: PumpState::Running,
+                pump_ref: id,
+            });
+        }
 
         // Start replaces: whatever the flow had (running, exited, half-created) goes first.
+        self.expect_death(&name).await;
         self.remove(&name, flow_id).await?;
         let created = match self.create(&name, body.clone()).await {
             // Someone recreated the name between our remove and create; the latest start wins.
@@ -168,26 +289,11 @@ impl Backend for DockerBackend {
     }
 
     async fn stop(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError> {
-        let name = self.container_name(flow_id);
-        let t = grace_secs(grace);
-        // The stop request only answers once the pump has exited, which may take the whole
-        // grace period: the request timeout must outlast it.
-        let docker = self.docker.clone().with_timeout(Duration::from_secs(
-            REQUEST_TIMEOUT_SECS.max(u64::from(t.unsigned_abs()) + 30),
-        ));
-        let opts = StopContainerOptions {
-            t: Some(t),
-            signal: None,
-        };
-        match docker.stop_container(&name, Some(opts)).await {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => return Ok(()),
-            // The forced removal below still kills it; a pump must not outlive a stop.
-            Err(e) => {
-                tracing::warn!(flow_id, error = %e, "graceful stop failed; removing the pump by force")
-            }
-        }
-        self.remove(&name, flow_id).await
+        self.halt(flow_id, grace, true).await
+    }
+
+    async fn park(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError> {
+        self.halt(flow_id, grace, false).await
     }
 
     async fn inspect(&self, flow_id: &str) -> Result<Option<PumpStatus>, BackendError> {
@@ -279,6 +385,7 @@ impl Backend for DockerBackend {
         let watch = ExitWatch {
             docker: self.docker.clone(),
             cluster: self.config.cluster.clone(),
+            stopping: self.stopping.clone(),
             events: None,
             // Exits from now on; a reconnect resumes after the last exit seen (Docker replays
             // its recent events on `since`), so an exit during the gap is not lost.
@@ -297,6 +404,7 @@ impl Backend for DockerBackend {
 struct ExitWatch {
     docker: Docker,
     cluster: String,
+    stopping: Arc<Mutex<HashSet<String>>>,
     events: Option<BoxStream<'static, Result<EventMessage, DockerError>>>,
     seen_until_nanos: i64,
     backoff: Duration,
@@ -319,6 +427,14 @@ impl ExitWatch {
                     let Some(exit) = exit_from_event(&message, &self.cluster) else {
                         continue;
                     };
+                    if self
+                        .stopping
+                        .lock()
+                        .expect("stopping lock")
+                        .remove(&exit.container_id)
+                    {
+                        continue;
+                    }
                     if let Some(nanos) = exit.time_nanos {
                         // `since` is inclusive and replays may overlap: report each exit once.
                         if nanos <= self.seen_until_nanos {

@@ -8,7 +8,10 @@
 //! - `start` replaces whatever pump the flow had: after it returns, exactly one pump runs for
 //!   the flow, with the spec's instance id.
 //! - `stop` is idempotent: stopping a flow with no pump succeeds.
-//! - `events` reports each pump exit once, with its exit code and whether it was OOM-killed.
+//! - `events` reports each pump exit the orchestrator did not ask for, once, with its exit code
+//!   and whether it was OOM-killed. Exits caused by `stop`, `park` or a replacing `start` are not
+//!   reported: the caller knows about them already, and a late report could be mistaken for a
+//!   crash of the pump that replaced it.
 
 pub mod docker;
 pub mod process;
@@ -33,6 +36,9 @@ pub mod labels {
     /// The orchestrator deployment that owns the pump (the `--cluster` setting); two
     /// orchestrators sharing one engine never touch each other's pumps.
     pub const CLUSTER: &str = "pumphouse.dev/cluster";
+    /// A hash of everything the container was created with, so a parked container is restarted
+    /// only when nothing about it would change.
+    pub const CONFIG_HASH: &str = "pumphouse.dev/config-hash";
     pub const MANAGED_BY_VALUE: &str = "pumphouse";
 }
 
@@ -177,6 +183,12 @@ pub trait Backend: Send + Sync {
 
     /// Sends SIGTERM, waits up to `grace`, then kills; removes what the pump left behind.
     async fn stop(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError>;
+
+    /// Stops the pump like `stop`, but may keep what it needs to start the same pump again
+    /// faster (Docker keeps the stopped container). Used when a flow scales to zero.
+    async fn park(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError> {
+        self.stop(flow_id, grace).await
+    }
 
     /// The flow's pump, if it has one (running or exited and not yet removed).
     async fn inspect(&self, flow_id: &str) -> Result<Option<PumpStatus>, BackendError>;

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ const LOG_LINES: usize = 2000;
 struct Child {
     instance_id: String,
     pid: u32,
+    /// Set before the orchestrator signals the pump, so its exit is not reported as news.
+    requested: Arc<AtomicBool>,
     /// Set to `Some(exit)` when the process ends.
     exited: watch::Receiver<Option<PumpState>>,
     logs: Arc<Mutex<VecDeque<String>>>,
@@ -91,6 +94,7 @@ impl ProcessBackend {
         if exited.borrow().is_some() {
             return Ok(());
         }
+        child.requested.store(true, Ordering::SeqCst);
         let pid = Pid::from_raw(child.pid as i32);
         let signal = |sig| {
             kill(pid, sig).map_err(|e| BackendError::Signal {
@@ -159,6 +163,8 @@ impl Backend for ProcessBackend {
             readers.push(tokio::spawn(collect(BufReader::new(err), logs.clone())));
         }
         let (exit_tx, exit_rx) = watch::channel(None);
+        let requested = Arc::new(AtomicBool::new(false));
+        let requested_by_us = requested.clone();
         let events = self.events.clone();
         let flow_id = spec.flow_id.clone();
         let instance_id = spec.instance_id.clone();
@@ -176,6 +182,9 @@ impl Backend for ProcessBackend {
                     .or_else(|| s.signal().map(|sig| 128 + sig as i64))
             });
             let _ = exit_tx.send(Some(PumpState::Exited { code, oom: false }));
+            if requested_by_us.load(Ordering::SeqCst) {
+                return;
+            }
             let _ = events.send(BackendEvent::Exited {
                 flow_id,
                 instance_id: Some(instance_id),
@@ -186,6 +195,7 @@ impl Backend for ProcessBackend {
         let child = Child {
             instance_id: spec.instance_id.clone(),
             pid,
+            requested,
             exited: exit_rx,
             logs,
         };

@@ -98,6 +98,9 @@ pub struct Supervisor {
     deadlines: Mutex<reaper::Deadlines>,
     /// Crash times per flow, for back-off and crash-loop detection.
     crashes: Mutex<HashMap<String, Vec<i64>>>,
+    /// Counts launches per flow, so a start timeout only fires for the launch it watches (a
+    /// woken pump keeps its instance id).
+    launches: Mutex<HashMap<String, u64>>,
 }
 
 impl Supervisor {
@@ -115,6 +118,7 @@ impl Supervisor {
             heartbeats: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(reaper::Deadlines::default()),
             crashes: Mutex::new(HashMap::new()),
+            launches: Mutex::new(HashMap::new()),
         }
     }
 
@@ -179,15 +183,35 @@ impl Supervisor {
             return Err(SupervisorError::NotFound(flow.id.clone()));
         }
         self.crashes.lock().expect("crashes lock").remove(&flow.id);
-        self.launch(flow, &instance_id).await
+        self.launch(flow, &instance_id).await?;
+        // A pump this start replaced hands back what it held.
+        if let Some(previous) = flow.instance_id.as_deref().filter(|p| *p != instance_id) {
+            self.requeue(&flow.id, previous).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes back the triggers a pump instance held and never finished.
+    async fn requeue(&self, flow_id: &str, instance_id: &str) -> Result<(), StoreError> {
+        let requeued = self.store.requeue_instance(flow_id, instance_id).await?;
+        if !requeued.is_empty() {
+            tracing::info!(
+                flow_id,
+                count = requeued.len(),
+                "re-queued triggers a departed pump held"
+            );
+            self.dispatcher.requeue(&requeued);
+        }
+        Ok(())
     }
 
     /// Wakes an idle flow for the triggers waiting on it. Returns whether this call started the
     /// pump: of many concurrent wakes exactly one does, the others find the flow `starting`.
+    ///
+    /// The pump keeps the instance id it had before it was parked, so the Docker backend can
+    /// restart the very container it stopped when nothing about it changed.
     pub async fn wake(self: &Arc<Self>, flow_id: &str) -> Result<bool, SupervisorError> {
-        let instance_id = uuid::Uuid::new_v4().to_string();
         let mut t = Transition::new(status::STARTING, "woken by a trigger", "supervisor");
-        t.pump = Some((Some(&instance_id), None));
         t.only_status = Some(status::IDLE);
         if !self.store.transition(flow_id, t).await? {
             return Ok(false);
@@ -197,6 +221,16 @@ impl Supervisor {
             .get_flow(flow_id)
             .await?
             .ok_or_else(|| SupervisorError::NotFound(flow_id.to_string()))?;
+        let instance_id = match flow.instance_id.clone() {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                let mut t = Transition::new(status::STARTING, "a new pump instance", "supervisor");
+                t.pump = Some((Some(&id), None));
+                self.store.transition(flow_id, t).await?;
+                id
+            }
+        };
         tracing::info!(flow_id, flow = %flow.name, "waking the flow for waiting triggers");
         self.launch(&flow, &instance_id).await?;
         Ok(true)
@@ -250,10 +284,16 @@ impl Supervisor {
                 return Err(e.into());
             }
         }
+        let launch = {
+            let mut launches = self.launches.lock().expect("launches lock");
+            let n = launches.entry(flow.id.clone()).or_default();
+            *n += 1;
+            *n
+        };
         let this = self.clone();
         let flow_id = flow.id.clone();
         let instance_id = instance_id.to_string();
-        tokio::spawn(async move { this.watch_start(flow_id, instance_id).await });
+        tokio::spawn(async move { this.watch_start(flow_id, instance_id, launch).await });
         Ok(())
     }
 
@@ -278,8 +318,17 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn watch_start(&self, flow_id: String, instance_id: String) {
+    async fn watch_start(&self, flow_id: String, instance_id: String, launch: u64) {
         tokio::time::sleep(self.settings.start_timeout).await;
+        let latest = self
+            .launches
+            .lock()
+            .expect("launches lock")
+            .get(&flow_id)
+            .copied();
+        if latest != Some(launch) {
+            return;
+        }
         let Ok(Some(flow)) = self.store.get_flow(&flow_id).await else {
             return;
         };
@@ -311,10 +360,13 @@ impl Supervisor {
         }
         self.forget(&flow.id);
         self.backend.stop(&flow.id, grace).await?;
+        if let Some(instance_id) = &flow.instance_id {
+            self.requeue(&flow.id, instance_id).await?;
+        }
         self.dispatcher
             .fail_flow(
                 &flow.id,
-                "the flow was stopped before a pump acknowledged this trigger",
+                "the flow was stopped before its pump finished this trigger",
             )
             .await?;
         Ok(())
@@ -380,7 +432,10 @@ impl Supervisor {
         }
         tracing::info!(flow_id, flow = %flow.name, "scaling an idle flow to zero");
         self.forget(flow_id);
-        self.backend.stop(flow_id, stop_grace(&flow)).await?;
+        self.backend.park(flow_id, stop_grace(&flow)).await?;
+        // Whatever the pump could not finish within its grace period goes to the next pump; the
+        // housekeeping pass wakes the flow for it.
+        self.requeue(flow_id, &instance_id).await?;
         Ok(true)
     }
 
@@ -497,15 +552,7 @@ impl Supervisor {
         let Some(instance_id) = instance_id else {
             return Ok(());
         };
-        let requeued = self.store.requeue_instance(&flow_id, &instance_id).await?;
-        if !requeued.is_empty() {
-            tracing::info!(
-                flow_id,
-                count = requeued.len(),
-                "re-queued triggers the exited pump held"
-            );
-            self.dispatcher.requeue(&requeued);
-        }
+        self.requeue(&flow_id, &instance_id).await?;
         let Some(flow) = self.store.get_flow(&flow_id).await? else {
             return Ok(());
         };
