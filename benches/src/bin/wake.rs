@@ -33,7 +33,10 @@ async fn at_zero(app: &TestApp, flow: &TestFlow) {
         if s["status"] == "idle" && s["pump"]["state"] != "running" {
             return;
         }
-        assert!(started.elapsed() < DEADLINE, "the flow never reached zero: {s}");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the flow never reached zero: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
