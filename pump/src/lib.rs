@@ -21,7 +21,8 @@ pub mod env {
     pub const FLOW_ID: &str = "FLOW_ID";
     /// The tenant's id.
     pub const TENANT_ID: &str = "TENANT_ID";
-    /// Unique per pump start; the pump echoes it in every event so stale pumps can be told apart.
+    /// Unique per pump (a woken, unchanged pump keeps it); the pump echoes it in every event so
+    /// stale pumps can be told apart.
     pub const INSTANCE_ID: &str = "INSTANCE_ID";
     /// Base64 (standard alphabet, padded) of the flow's `config` section, as YAML.
     pub const ORGANISM_YAML: &str = "ORGANISM_YAML";
