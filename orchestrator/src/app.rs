@@ -41,6 +41,8 @@ pub struct ServeConfig {
     /// Crashes within `crash_window` that make a crash loop (flow `error`).
     pub crash_limit: usize,
     pub crash_window: Duration,
+    /// How often every flow is reconciled against the backend.
+    pub resync_interval: Duration,
     pub api_token: Option<String>,
     /// Base URL in the webhook URLs handed out; `http://<listen>` by default.
     pub public_url: Option<String>,
@@ -65,6 +67,7 @@ impl ServeConfig {
             restart_backoff: Duration::from_millis(500),
             crash_limit: 5,
             crash_window: Duration::from_secs(120),
+            resync_interval: Duration::from_secs(30),
             api_token: None,
             public_url: None,
         }
@@ -169,14 +172,16 @@ impl Application {
                 restart_backoff: config.restart_backoff,
                 crash_limit: config.crash_limit,
                 crash_window: config.crash_window,
+                resync_interval: config.resync_interval,
                 ..PumpSettings::new(&config.pump_image, &pump_redis)
             },
         ));
         let supervisor_task =
             tokio::spawn(supervisor.clone().run(bus.clone(), config.cluster.clone()));
-        let resumed = supervisor.resume().await?;
-        if resumed > 0 {
-            tracing::info!(resumed, "started flows that should be running");
+        // Adopts pumps still running, removes orphans, restarts what is gone.
+        let acted = supervisor.resync().await?;
+        if acted > 0 {
+            tracing::info!(acted, "start-up resync adopted, restarted or removed pumps");
         }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

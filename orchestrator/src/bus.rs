@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use pumphouse_pump::{channels, PumpEvent, Trigger};
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands as _;
 
@@ -46,7 +46,7 @@ impl Bus {
             url: redact(url),
             source,
         })?;
-        let mut conn = ConnectionManager::new(client.clone())
+        let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config())
             .await
             .map_err(BusError::Unreachable)?;
         let created: redis::RedisResult<()> = conn
@@ -62,7 +62,11 @@ impl Bus {
 
     pub async fn ping(&self) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        tokio::time::timeout(OP_TIMEOUT, ping)
+            .await
+            .map_err(|_| timed_out("PING"))??;
         Ok(())
     }
 
@@ -70,7 +74,10 @@ impl Bus {
     pub async fn publish(&self, flow_id: &str, trigger: &Trigger) -> Result<u64, BusError> {
         let body = serde_json::to_string(trigger).expect("triggers always serialize");
         let mut conn = self.conn.clone();
-        Ok(conn.publish(channels::trigger(flow_id), body).await?)
+        let publish = conn.publish::<_, _, u64>(channels::trigger(flow_id), body);
+        Ok(tokio::time::timeout(OP_TIMEOUT, publish)
+            .await
+            .map_err(|_| timed_out("PUBLISH"))??)
     }
 
     /// Reads pump events for ever, calling `apply` for each and acknowledging it after `apply`
@@ -148,6 +155,19 @@ impl Bus {
     }
 }
 
+/// Fails fast while Redis is down: an accepted trigger is in the store already and is re-sent
+/// later, so waiting here would only hold up the answer and the re-delivery pass.
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(OP_TIMEOUT / 2)
+        .set_response_timeout(OP_TIMEOUT)
+        .set_number_of_retries(1)
+        .set_max_delay(200)
+}
+
+/// The longest any single Redis command may take before it counts as failed.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A Redis URL with its password hidden, for messages and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -165,6 +185,14 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+fn timed_out(command: &str) -> BusError {
+    BusError::Command(redis::RedisError::from((
+        redis::ErrorKind::IoError,
+        "Redis did not answer in time",
+        command.to_string(),
+    )))
 }
 
 #[cfg(test)]

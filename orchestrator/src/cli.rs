@@ -144,6 +144,9 @@ struct ServeArgs {
     crash_limit: usize,
     #[arg(long, env = "PUMPHOUSE_CRASH_WINDOW", default_value = "2m", value_parser = parse_duration)]
     crash_window: Duration,
+    /// How often every flow is reconciled against the backend (missed events, orphans).
+    #[arg(long, env = "PUMPHOUSE_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    resync_interval: Duration,
     /// Bearer token required on the management API. Without it the API is open.
     #[arg(long, env = "PUMPHOUSE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
@@ -248,6 +251,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         restart_backoff: args.restart_backoff,
         crash_limit: args.crash_limit,
         crash_window: args.crash_window,
+        resync_interval: args.resync_interval,
         api_token: args.api_token,
         public_url: args.public_url,
     };

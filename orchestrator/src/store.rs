@@ -586,6 +586,86 @@ impl Store {
         .await?;
         Ok(res.rows_affected() > 0)
     }
+
+    /// Takes the lease `name` for `holder`, or renews it, until `now + ttl_ms`. Returns the
+    /// fence when `holder` holds the lease after the call, `None` when another holder's lease
+    /// has not expired yet (`expires_at > now`).
+    ///
+    /// Several orchestrator replicas on one PostgreSQL store call this in a loop, well within
+    /// `ttl_ms`; the one that gets `Some` leads. The fence lets the leader's writes be checked
+    /// against [`Store::lease_fence`], so a replica that stalled past its expiry and woke up
+    /// believing it still leads can be refused.
+    ///
+    /// # Guarantees
+    /// - One statement (an upsert whose update only applies when `holder` holds the lease or
+    ///   it has expired), so it is atomic on both databases: when several holders race for a
+    ///   free or expired lease, exactly one gets `Some`. PostgreSQL re-checks the condition on
+    ///   the row it locked, after the winner's commit; SQLite runs one writer at a time.
+    /// - The fence is 1 for a new lease, grows by one every time the holder changes (a takeover
+    ///   after expiry or release) and stays the same when the holder renews, even after its own
+    ///   lease expired: nobody else held it meanwhile. Fences of one lease never repeat, since
+    ///   its row is never deleted.
+    /// - `now` is the caller's clock, so replicas' clocks must agree to well within `ttl_ms`,
+    ///   and `ttl_ms` must be positive (a lease already expired when taken is anyone's).
+    ///   `holder` must be unique per process run: a restarted replica that reuses its old
+    ///   holder name renews the old fence instead of taking a new one.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+        now: i64,
+    ) -> Result<Option<i64>> {
+        // RETURNING yields no row when the ON CONFLICT ... WHERE refuses the update.
+        let row = sqlx::query(
+            "INSERT INTO leases (name, holder, fence, expires_at) VALUES ($1, $2, 1, $3) ON CONFLICT (name) DO UPDATE SET fence = CASE WHEN leases.holder = excluded.holder THEN leases.fence ELSE leases.fence + 1 END, holder = excluded.holder, expires_at = excluded.expires_at WHERE leases.holder = excluded.holder OR leases.expires_at <= $4 RETURNING fence",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.saturating_add(ttl_ms))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("fence")?),
+            None => None,
+        })
+    }
+
+    /// Ends the lease `name` at once if `holder` is its holder, so a replica shutting down
+    /// gracefully hands over without making the others wait out the TTL. Returns whether
+    /// `holder` was the holder; `false` means another replica took over meanwhile.
+    ///
+    /// The row stays (with `expires_at = 0`) so the next holder's fence still grows.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<bool> {
+        let res = sqlx::query("UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// The lease `name` as stored: holder, fence and `expires_at` (Unix milliseconds; 0 once
+    /// released). The holder holds it only while `now < expires_at`. `None` when it was never
+    /// taken.
+    ///
+    /// For status display, and for fencing: a leader whose fence is no longer the stored one
+    /// has been replaced and must stop.
+    pub async fn lease_fence(&self, name: &str) -> Result<Option<(String, i64, i64)>> {
+        let row = sqlx::query("SELECT holder, fence, expires_at FROM leases WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get("holder")?,
+                r.try_get("fence")?,
+                r.try_get("expires_at")?,
+            ))
+        })
+        .transpose()
+    }
 }
 
 async fn insert_event(

@@ -53,6 +53,12 @@ pub enum Step {
     Respond(serde_json::Value),
     /// End the execution as failed with this message.
     Fail(String),
+    /// End the whole pump process with this exit code: a crash on purpose, for exercising
+    /// the supervisor's restarts.
+    Exit(i32),
+    /// Take and touch this much memory (`64Mi`, bytes without a unit) and hold it until the run
+    /// ends: for exercising memory limits.
+    Allocate(#[serde(deserialize_with = "de_bytes")] usize),
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +80,24 @@ fn default_method() -> String {
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     pumphouse_pump::duration::parse(&text).map_err(serde::de::Error::custom)
+}
+
+fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let text = String::deserialize(d)?;
+    let t = text.trim();
+    let (num, mult) = match t {
+        _ if t.ends_with("Ki") => (&t[..t.len() - 2], 1usize << 10),
+        _ if t.ends_with("Mi") => (&t[..t.len() - 2], 1 << 20),
+        _ if t.ends_with("Gi") => (&t[..t.len() - 2], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<usize>()
+        .map(|n| n.saturating_mul(mult))
+        .map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a size; write 64Mi, 512Ki or bytes"
+            ))
+        })
 }
 
 fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

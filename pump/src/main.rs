@@ -199,7 +199,14 @@ async fn run(s: Settings) -> Result<(), String> {
 async fn connect_manager(client: &redis::Client) -> redis::aio::ConnectionManager {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match redis::aio::ConnectionManager::new(client.clone()).await {
+        // Commands fail after a few seconds instead of hanging while Redis is away; the
+        // emitter retries its events, and a step fails with the error.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(Duration::from_secs(3))
+            .set_number_of_retries(1)
+            .set_max_delay(200);
+        match redis::aio::ConnectionManager::new_with_config(client.clone(), config).await {
             Ok(m) => return m,
             Err(e) => {
                 eprintln!("pump: Redis unreachable ({e}); retrying in {backoff:?}");

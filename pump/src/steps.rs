@@ -21,6 +21,7 @@ pub async fn run(
 ) -> Result<Value, String> {
     let mut vars = Map::new();
     let mut output = Value::Null;
+    let mut held: Vec<Vec<u8>> = Vec::new();
     let mut redis = ctx.redis.clone();
     for (i, step) in config.steps.iter().enumerate() {
         let scope = json!({"payload": payload, "vars": vars, "trigger": {"id": trigger_id}});
@@ -79,8 +80,17 @@ pub async fn run(
             }
             Step::Respond(value) => output = render(value, &scope),
             Step::Fail(message) => return Err(render_str(message, &scope)),
+            Step::Exit(code) => {
+                eprintln!("pump: exiting with code {code}, as steps[{i}] says");
+                std::process::exit(*code);
+            }
+            Step::Allocate(bytes) => {
+                // Every page written, so the memory is really taken, not just reserved.
+                held.push(vec![1u8; *bytes]);
+            }
         }
     }
+    drop(held);
     Ok(output)
 }
 

@@ -5,5 +5,6 @@ mod api;
 mod cli;
 mod flows;
 mod store;
+mod supervision;
 mod triggers;
 mod wake;

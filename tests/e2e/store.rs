@@ -249,3 +249,147 @@ async fn an_unknown_store_url_says_which_ones_work() {
         "{err}"
     );
 }
+
+/// How many of `holders`, all asking at once at `now`, get the lease `name`, with their fences.
+async fn race_for_lease(store: &Store, name: &str, holders: usize, now: i64) -> Vec<(String, i64)> {
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..holders {
+        let store = store.clone();
+        let (name, holder) = (name.to_string(), format!("racer-{i}"));
+        racers.spawn(async move {
+            let got = store
+                .acquire_lease(&name, &holder, 10_000, now)
+                .await
+                .unwrap();
+            got.map(|fence| (holder, fence))
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(got) = racers.join_next().await {
+        winners.extend(got.unwrap());
+    }
+    winners
+}
+
+async fn lease_suite(store: Store) {
+    // Times are passed in, so expiry is a matter of arithmetic, not sleeping.
+    let t0 = 1_000_000;
+    let ttl = 10_000;
+    assert_eq!(store.lease_fence("leader").await.unwrap(), None);
+
+    // The first holder gets fence 1; renewing keeps it and moves the expiry.
+    assert_eq!(
+        store.acquire_lease("leader", "a", ttl, t0).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.lease_fence("leader").await.unwrap(),
+        Some(("a".into(), 1, t0 + ttl))
+    );
+    let t1 = t0 + 5_000;
+    assert_eq!(
+        store.acquire_lease("leader", "a", ttl, t1).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.lease_fence("leader").await.unwrap(),
+        Some(("a".into(), 1, t1 + ttl)),
+        "renewal extends the expiry"
+    );
+
+    // Another holder is refused while the lease runs, even past the first expiry.
+    assert_eq!(
+        store.acquire_lease("leader", "b", ttl, t1).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .acquire_lease("leader", "b", ttl, t0 + ttl)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.lease_fence("leader").await.unwrap(),
+        Some(("a".into(), 1, t1 + ttl)),
+        "a refused holder changes nothing"
+    );
+
+    // Once it has expired the other takes over with the next fence, and the old holder is out.
+    let t2 = t1 + ttl;
+    assert_eq!(
+        store.acquire_lease("leader", "b", ttl, t2).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store.acquire_lease("leader", "a", ttl, t2).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.lease_fence("leader").await.unwrap(),
+        Some(("b".into(), 2, t2 + ttl))
+    );
+
+    // Only the holder can release; after that the lease is free at once.
+    assert!(!store.release_lease("leader", "a").await.unwrap());
+    assert_eq!(
+        store
+            .acquire_lease("leader", "a", ttl, t2 + 1)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.release_lease("leader", "b").await.unwrap());
+    assert_eq!(
+        store.lease_fence("leader").await.unwrap(),
+        Some(("b".into(), 2, 0)),
+        "a released lease keeps its fence"
+    );
+    assert_eq!(
+        store
+            .acquire_lease("leader", "a", ttl, t2 + 1)
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    assert!(!store.release_lease("leader", "b").await.unwrap());
+    assert!(!store.release_lease("nobody-took-this", "a").await.unwrap());
+
+    // Leases are independent of each other.
+    assert_eq!(
+        store.acquire_lease("other", "b", ttl, t2).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.lease_fence("leader").await.unwrap().map(|l| l.1),
+        Some(3)
+    );
+
+    // Twenty replicas racing for an expired lease: exactly one wins, with the next fence.
+    let t3 = t2 + 1 + ttl;
+    let winners = race_for_lease(&store, "leader", 20, t3).await;
+    assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");
+    let (winner, fence) = &winners[0];
+    assert_eq!(*fence, 4);
+    assert_eq!(
+        store.lease_fence("leader").await.unwrap(),
+        Some((winner.clone(), 4, t3 + 10_000))
+    );
+    // And for a lease nobody has taken yet (racing inserts rather than updates).
+    let winners = race_for_lease(&store, "fresh", 20, t3).await;
+    assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");
+    assert_eq!(winners[0].1, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lease_suite_passes_on_sqlite() {
+    let dir = TempDir::new("pumphouse-lease");
+    let url = format!("sqlite://{}", dir.0.join("s.db").display());
+    lease_suite(Store::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lease_suite_passes_on_postgresql() {
+    let pg = PostgresServer::start();
+    lease_suite(Store::connect(&pg.url()).await.unwrap()).await;
+}

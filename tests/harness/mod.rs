@@ -71,16 +71,27 @@ fn require_program(name: &str, fix: &str) -> PathBuf {
 pub struct RedisServer {
     pub port: u16,
     child: Child,
+    /// Holds the append-only file, so a restart keeps streams and consumer groups, as a
+    /// production Redis with persistence would.
+    dir: TempDir,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        let dir = TempDir::new("pumphouse-redis");
+        let port = free_port();
+        let child = Self::spawn(port, &dir.0);
+        let server = RedisServer { port, child, dir };
+        server.wait_ready().await;
+        server
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Child {
         let bin = require_program(
             "redis-server",
             "run ops/test.sh (it installs it) or `apt-get install -y redis-server`",
         );
-        let port = free_port();
-        let child = Command::new(bin)
+        Command::new(bin)
             .args([
                 "--port",
                 &port.to_string(),
@@ -88,29 +99,45 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting redis-server");
-        let server = RedisServer { port, child };
-        let client = redis::Client::open(server.url()).expect("a valid URL");
+            .expect("starting redis-server")
+    }
+
+    async fn wait_ready(&self) {
+        let client = redis::Client::open(self.url()).expect("a valid URL");
         let started = Instant::now();
         loop {
             if let Ok(mut c) = client.get_multiplexed_async_connection().await {
                 let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
                 if pong.is_ok() {
-                    return server;
+                    return;
                 }
             }
             assert!(
                 started.elapsed() < DEADLINE,
-                "redis-server on port {port} never answered PING"
+                "redis-server on port {} never answered PING",
+                self.port
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Shuts Redis down as an operator would (SIGTERM: it writes its data and exits).
+    pub fn stop(&mut self) {
+        signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.child = Self::spawn(self.port, &self.dir.0);
+        self.wait_ready().await;
     }
 
     pub fn url(&self) -> String {
@@ -123,6 +150,16 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `SIGname` to a process, through kill(1) so the harness needs no unsafe code.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{name} {pid} failed");
 }
 
 /// A private PostgreSQL cluster with one database, stopped and removed on drop. PostgreSQL
@@ -347,9 +384,20 @@ pub struct TestApp {
     pub cluster: String,
     pub backend: Backend,
     pub store_url: String,
-    _dir: TempDir,
-    server: tokio::task::JoinHandle<()>,
+    dir: TempDir,
+    server: Server,
     docker: Option<bollard::Docker>,
+}
+
+/// Where the orchestrator under test runs.
+enum Server {
+    /// In this test's runtime: fast, and its state is reachable.
+    InProcess(tokio::task::JoinHandle<()>),
+    /// As `pumphouse serve`, so a test can kill it for real and start it again.
+    Process {
+        child: Option<Child>,
+        args: Vec<String>,
+    },
 }
 
 /// A directory removed on drop.
@@ -429,10 +477,129 @@ impl TestApp {
             cluster,
             backend,
             store_url,
-            _dir: dir,
-            server,
+            dir,
+            server: Server::InProcess(server),
             docker,
         }
+    }
+
+    /// Starts the orchestrator as a `pumphouse serve` process, with `extra` arguments.
+    pub async fn spawn_process(backend: Backend, extra: &[&str]) -> TestApp {
+        let docker = match backend {
+            Backend::Docker => Some(docker().await),
+            Backend::Process => None,
+        };
+        let redis = RedisServer::start().await;
+        let dir = TempDir::new("pumphouse-test");
+        let store_url = format!("sqlite://{}", dir.0.join("pumphouse.db").display());
+        let cluster = unique("test");
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            &store_url,
+            "--redis",
+            &redis.url(),
+            "--backend",
+            match backend {
+                Backend::Docker => "docker",
+                Backend::Process => "process",
+            },
+            "--pump-binary",
+            pump_binary().to_str().expect("a UTF-8 path"),
+            "--pump-image",
+            PUMP_IMAGE,
+            "--docker-network",
+            "host",
+            "--cluster",
+            &cluster,
+            "--heartbeat",
+            "500ms",
+            "--start-timeout",
+            "20s",
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut app = TestApp {
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            redis,
+            cluster,
+            backend,
+            store_url,
+            dir,
+            server: Server::Process { child: None, args },
+            docker,
+        };
+        app.start_server().await;
+        app
+    }
+
+    /// (Re)starts the `pumphouse serve` process and waits until it is ready.
+    pub async fn start_server(&mut self) {
+        let log = self.dir.0.join("server.log");
+        let Server::Process { child, args } = &mut self.server else {
+            panic!("start_server needs an orchestrator made by spawn_process");
+        };
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("the server log");
+        *child = Some(
+            Command::new(pumphouse_binary())
+                .args(args.iter())
+                .stdout(Stdio::null())
+                .stderr(out)
+                .spawn()
+                .expect("starting pumphouse serve"),
+        );
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                started.elapsed() < DEADLINE,
+                "pumphouse serve never got ready; its log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Kills the orchestrator process with SIGKILL: no chance to clean up.
+    pub fn kill_server(&mut self) {
+        if let Server::Process { child: Some(c), .. } = &mut self.server {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Server::Process { child, .. } = &mut self.server {
+            *child = None;
+        }
+    }
+
+    /// Sends SIGTERM to the orchestrator process and returns how it exited.
+    pub fn terminate_server(&mut self) -> std::process::ExitStatus {
+        let Server::Process { child, .. } = &mut self.server else {
+            panic!("terminate_server needs an orchestrator made by spawn_process");
+        };
+        let mut c = child.take().expect("a running server");
+        signal(c.id(), "TERM");
+        c.wait().expect("waiting for pumphouse serve")
+    }
+
+    /// The orchestrator process's log so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -565,7 +732,15 @@ async fn read(resp: reqwest::Response) -> (u16, Value) {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        self.server.abort();
+        match &mut self.server {
+            Server::InProcess(task) => task.abort(),
+            Server::Process { child, .. } => {
+                if let Some(c) = child.as_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
         if let Some(docker) = self.docker.take() {
             // Remove this test's pumps; a blocking pass is fine at the end of a test.
             let cluster = self.cluster.clone();
@@ -615,4 +790,46 @@ impl Drop for TestApp {
 /// A manifest for the reference pump with the given steps (YAML list items, indented by 4).
 pub fn manifest(name: &str, extra: &str, steps: &str) -> String {
     format!("name: {name}\n{extra}config:\n  steps:\n{steps}")
+}
+
+/// Runs a container labelled as one of `cluster`'s pumps, for a flow that does not exist: what
+/// an orchestrator must treat as an orphan. Returns its id.
+pub async fn run_labelled_container(docker: &bollard::Docker, cluster: &str) -> String {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
+    use pumphouse::backend::labels;
+    let flow_id = uuid::Uuid::new_v4().to_string();
+    let labels = std::collections::HashMap::from([
+        (
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_VALUE.to_string(),
+        ),
+        (labels::CLUSTER.to_string(), cluster.to_string()),
+        (labels::FLOW.to_string(), flow_id.clone()),
+        (labels::INSTANCE.to_string(), "orphan".to_string()),
+    ]);
+    let body = ContainerCreateBody {
+        image: Some(PUMP_IMAGE.to_string()),
+        // No FLOW_ID: the pump exits at once, which is fine; an orphan need not run.
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            network_mode: Some("host".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let name = format!("pumphouse-{cluster}-{flow_id}");
+    let id = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+            body,
+        )
+        .await
+        .expect("creating the orphan")
+        .id;
+    docker
+        .start_container(&id, None::<StartContainerOptions>)
+        .await
+        .expect("starting the orphan");
+    id
 }

@@ -14,6 +14,7 @@
 //!   in `error` with the reason and its last log lines, and fails the triggers held for it.
 
 pub mod reaper;
+mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,8 @@ pub struct PumpSettings {
     /// This many crashes within `crash_window` is a crash loop: the flow goes to `error`.
     pub crash_limit: usize,
     pub crash_window: Duration,
+    /// How often every flow is reconciled, catching backend events that were missed.
+    pub resync_interval: Duration,
 }
 
 impl PumpSettings {
@@ -59,6 +62,7 @@ impl PumpSettings {
             restart_backoff: Duration::from_millis(500),
             crash_limit: 5,
             crash_window: Duration::from_secs(120),
+            resync_interval: Duration::from_secs(30),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Supervisor {
     /// Counts launches per flow, so a start timeout only fires for the launch it watches (a
     /// woken pump keeps its instance id).
     launches: Mutex<HashMap<String, u64>>,
+    /// One lock per flow: reconciles and exit handling of a flow never overlap.
+    flow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Supervisor {
@@ -119,6 +125,7 @@ impl Supervisor {
             deadlines: Mutex::new(reaper::Deadlines::default()),
             crashes: Mutex::new(HashMap::new()),
             launches: Mutex::new(HashMap::new()),
+            flow_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -552,34 +559,55 @@ impl Supervisor {
         let Some(instance_id) = instance_id else {
             return Ok(());
         };
-        self.requeue(&flow_id, &instance_id).await?;
-        let Some(flow) = self.store.get_flow(&flow_id).await? else {
-            return Ok(());
-        };
-        if flow.instance_id.as_deref() != Some(&instance_id) || flow.desired_state != "running" {
-            return Ok(());
-        }
+        let lock = self.flow_lock(&flow_id);
+        let _serial = lock.lock().await;
         let code_text = code.map_or("an unknown code".to_string(), |c| format!("code {c}"));
         let oom_text = if oom {
             " (killed for exceeding its memory limit)"
         } else {
             ""
         };
+        self.pump_gone(
+            &flow_id,
+            &instance_id,
+            &format!("exited {{when}} with {code_text}{oom_text}"),
+        )
+        .await
+    }
+
+    /// The pump `instance_id` of the flow is gone (`how` says how, with `{when}` standing for
+    /// "before it was ready" or "unexpectedly"). What it held goes back to the queue; if the
+    /// flow still wanted it, that is a failed start or a crash. Call with the flow's lock held.
+    async fn pump_gone(
+        self: &Arc<Self>,
+        flow_id: &str,
+        instance_id: &str,
+        how: &str,
+    ) -> Result<(), StoreError> {
+        self.requeue(flow_id, instance_id).await?;
+        let Some(flow) = self.store.get_flow(flow_id).await? else {
+            return Ok(());
+        };
+        if flow.instance_id.as_deref() != Some(instance_id) || flow.desired_state != "running" {
+            return Ok(());
+        }
         match flow.status.as_str() {
             status::STARTING => {
-                self.forget(&flow_id);
-                let tail = self.log_tail(&flow_id).await;
-                let reason =
-                    format!("the pump exited before it was ready with {code_text}{oom_text}{tail}");
-                tracing::warn!(flow_id, flow = %flow.name, ?code, oom, "pump exited before it was ready");
-                self.fail_start(&flow_id, &instance_id, &reason).await?;
+                self.forget(flow_id);
+                let tail = self.log_tail(flow_id).await;
+                let reason = format!(
+                    "the pump {}{tail}",
+                    how.replace("{when}", "before it was ready")
+                );
+                tracing::warn!(flow_id, flow = %flow.name, reason, "pump ended before it was ready");
+                self.fail_start(flow_id, instance_id, &reason).await?;
             }
             status::RUNNING => {
-                self.forget(&flow_id);
-                self.crashed(&flow, &instance_id, &format!("{code_text}{oom_text}"))
+                self.forget(flow_id);
+                self.crashed(&flow, instance_id, &how.replace("{when}", "unexpectedly"))
                     .await?;
             }
-            // idle, stopped: the exit was asked for.
+            // idle, stopped, error: nothing runs, or should.
             _ => {}
         }
         Ok(())
@@ -605,7 +633,7 @@ impl Supervisor {
         tracing::warn!(flow_id = %flow.id, flow = %flow.name, how, crashes, "pump exited unexpectedly");
         if crashes >= self.settings.crash_limit {
             let reason = format!(
-                "crash loop: the pump exited {crashes} times within {}; last exit with {how}{tail}",
+                "crash loop: the pump ended {crashes} times within {}; last, it {how}{tail}",
                 human_ms(window)
             );
             self.fail_start(&flow.id, instance_id, &reason).await?;
@@ -614,7 +642,7 @@ impl Supervisor {
         let backoff = self.settings.restart_backoff * 2u32.saturating_pow(crashes as u32 - 1);
         let next = uuid::Uuid::new_v4().to_string();
         let reason = format!(
-            "the pump exited unexpectedly with {how}; restarting in {} (crash {crashes} of {} allowed within {}){tail}",
+            "the pump {how}; restarting in {} (crash {crashes} of {} allowed within {}){tail}",
             human_ms(backoff.as_millis() as i64),
             self.settings.crash_limit,
             human_ms(window)
@@ -710,7 +738,21 @@ impl Supervisor {
                 }
             }
         };
-        tokio::join!(events, backend_events, redelivery, housekeeping);
+        let resync = {
+            let this = self.clone();
+            async move {
+                let mut every = tokio::time::interval(this.settings.resync_interval);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every.tick().await; // the first pass runs at start-up, before serving
+                loop {
+                    every.tick().await;
+                    if let Err(e) = this.resync().await {
+                        tracing::warn!(error = %e, "resync failed; retrying at the next one");
+                    }
+                }
+            }
+        };
+        tokio::join!(events, backend_events, redelivery, housekeeping, resync);
     }
 }
 
@@ -723,7 +765,9 @@ fn stop_grace(flow: &FlowRecord) -> Duration {
 
 /// `1500` -> `1.5s`, `900000` -> `15m`.
 fn human_ms(ms: i64) -> String {
-    if ms % 60_000 == 0 && ms >= 60_000 {
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms % 60_000 == 0 {
         format!("{}m", ms / 60_000)
     } else if ms % 1_000 == 0 {
         format!("{}s", ms / 1_000)
@@ -785,32 +829,13 @@ impl Supervisor {
     }
 }
 
-impl Supervisor {
-    /// At start-up: a pump still running as the flow's instance is adopted (its gate opens);
-    /// a flow that should run and has no pump is started again; idle flows stay at zero.
-    pub async fn resume(self: &Arc<Self>) -> Result<usize, SupervisorError> {
-        let mut started = 0;
-        for flow in self.store.flows_wanted_running().await? {
-            if matches!(flow.status.as_str(), status::ERROR | status::IDLE) {
-                continue;
-            }
-            let pump = self.backend.inspect(&flow.id).await?;
-            let alive = pump.is_some_and(|p| {
-                p.instance_id == flow.instance_id
-                    && matches!(p.state, PumpState::Running | PumpState::Starting)
-            });
-            if alive {
-                if flow.status == status::RUNNING {
-                    self.became_running(&flow.id).await?;
-                }
-                continue;
-            }
-            if let Err(e) = self.start(&flow, "supervisor").await {
-                tracing::warn!(flow_id = %flow.id, error = %e, "restarting a flow at start-up failed");
-            } else {
-                started += 1;
-            }
-        }
-        Ok(started)
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_in_reasons_read_as_people_write_them() {
+        assert_eq!(super::human_ms(50), "50ms");
+        assert_eq!(super::human_ms(1_500), "1.5s");
+        assert_eq!(super::human_ms(2_000), "2s");
+        assert_eq!(super::human_ms(900_000), "15m");
     }
 }

@@ -70,6 +70,10 @@ impl Deadlines {
         due
     }
 
+    pub fn is_armed(&self, flow_id: &str) -> bool {
+        self.flows.contains_key(flow_id)
+    }
+
     pub fn len(&self) -> usize {
         self.flows.len()
     }

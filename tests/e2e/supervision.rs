@@ -1,0 +1,259 @@
+//! Supervision: crash loops, OOM kills, orchestrator restarts and shutdowns, a Redis restart.
+
+use std::time::{Duration, Instant};
+
+use pumphouse_e2e::{manifest, Backend, TestApp, DEADLINE};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pump_that_keeps_exiting_is_restarted_with_back_off_then_put_in_error() {
+    let app = TestApp::spawn_with(Backend::Process, |c| {
+        c.restart_backoff = Duration::from_millis(50);
+        c.crash_limit = 3;
+    })
+    .await;
+    let flow = app
+        .create_flow(&manifest(
+            "crashy",
+            "",
+            "    - log: 'about to crash on {{payload.n}}'\n    - exit: 3\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let (code, accepted) = app.webhook(&flow, &json!({"n": 1})).await;
+    assert_eq!(code, 202);
+
+    // The trigger is handed to each new pump, which crashes on it again: a crash loop.
+    let s = app.wait_status(&flow, "error").await;
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("crash loop: the pump ended 3 times"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("exited unexpectedly with code 3"),
+        "the exit code: {reason}"
+    );
+    assert!(
+        reason.contains("about to crash on 1"),
+        "the log tail: {reason}"
+    );
+    let reasons: Vec<&str> = s["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("restarting in 50ms (crash 1 of 3")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("restarting in 100ms (crash 2 of 3")),
+        "back-off doubles: {reasons:#?}"
+    );
+
+    let exec = app
+        .wait_execution(&flow, accepted["execution_id"].as_str().unwrap())
+        .await;
+    assert_eq!(exec["status"], "failed");
+    assert!(
+        exec["error"].as_str().unwrap().contains("crash loop"),
+        "{exec:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_killed_pump_is_reported_as_killed_for_memory() {
+    let app = TestApp::spawn_with(Backend::Docker, |c| c.crash_limit = 1).await;
+    let flow = app
+        .create_flow(&manifest(
+            "greedy",
+            "resources: {memory: 16Mi}\n",
+            "    - allocate: 64Mi\n    - respond: never\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    app.webhook(&flow, &json!({})).await;
+    let s = app.wait_status(&flow, "error").await;
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("code 137 (killed for exceeding its memory limit)"),
+        "{reason}"
+    );
+    assert_eq!(s["pump"]["oom_killed"], true, "{s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_orchestrator_restarted_adopts_its_pumps_removes_orphans_and_loses_nothing() {
+    let mut app = TestApp::spawn_process(Backend::Docker, &[]).await;
+    let busy = app
+        .create_flow(&manifest(
+            "busy",
+            "keepAlive: true\n",
+            "    - sleep: 2s\n    - respond: '{{payload.n}}'\n",
+        ))
+        .await;
+    let calm = app
+        .create_flow(&manifest(
+            "calm",
+            "keepAlive: true\n",
+            "    - respond: calm\n",
+        ))
+        .await;
+    for f in [&busy, &calm] {
+        app.start(f).await;
+        app.wait_status(f, "running").await;
+    }
+    let before: Vec<_> = [&busy, &calm]
+        .iter()
+        .map(|f| async { app.container(f).await.unwrap() })
+        .collect();
+    let before = futures_util::future::join_all(before).await;
+    // In flight when the orchestrator dies: acknowledged, running, not finished.
+    let (_, first) = app.webhook(&busy, &json!({"n": 1})).await;
+    let (_, second) = app.webhook(&busy, &json!({"n": 2})).await;
+    let started = Instant::now();
+    loop {
+        let (_, e) = app
+            .get(&format!(
+                "/api/flows/{}/executions/{}",
+                busy.id,
+                first["execution_id"].as_str().unwrap()
+            ))
+            .await;
+        if e["status"] == "running" {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "never running: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.kill_server();
+
+    // A container that says it is ours but has no flow behind it.
+    let docker = pumphouse_e2e::docker().await;
+    let orphan = pumphouse_e2e::run_labelled_container(&docker, &app.cluster).await;
+
+    app.start_server().await;
+    for (f, c) in [&busy, &calm].iter().zip(&before) {
+        let now = app.container(f).await.unwrap();
+        assert_eq!(now.id, c.id, "{} kept its container", f.name);
+        assert_eq!(
+            now.state.as_ref().unwrap().started_at,
+            c.state.as_ref().unwrap().started_at,
+            "{} was not restarted",
+            f.name
+        );
+        let s = app.wait_status(f, "running").await;
+        assert_eq!(s["pump"]["state"], "running");
+    }
+    let gone = docker
+        .inspect_container(
+            &orphan,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await;
+    assert!(gone.is_err(), "the orphan was removed");
+    for accepted in [first, second] {
+        let e = app
+            .wait_execution(&busy, accepted["execution_id"].as_str().unwrap())
+            .await;
+        assert_eq!(e["status"], "completed", "{e:#}");
+    }
+    let (code, body) = app
+        .post(
+            &format!("/api/triggers/{}/webhook/{}?wait=10s", calm.id, calm.token),
+            "{}",
+        )
+        .await;
+    assert_eq!((code, &body["output"]), (200, &json!("calm")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_and_leaves_pumps_running() {
+    let mut app = TestApp::spawn_process(Backend::Docker, &[]).await;
+    let flow = app
+        .create_flow(&manifest(
+            "steady",
+            "keepAlive: true\n",
+            "    - sleep: 1s\n    - respond: done\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let container = app.container(&flow).await.unwrap().id;
+    let url = app.url(&format!(
+        "/api/triggers/{}/webhook/{}?wait=20s",
+        flow.id, flow.token
+    ));
+    let http = app.http.clone();
+    let waiting = tokio::spawn(async move { http.post(url).body("{}").send().await });
+    // Let the request reach the server before the signal.
+    let started = Instant::now();
+    while app.executions(&flow).await.is_empty() {
+        assert!(started.elapsed() < DEADLINE, "the request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = tokio::task::block_in_place(|| app.terminate_server());
+    assert!(
+        status.success(),
+        "pumphouse exits 0 on SIGTERM: {status:?}\n{}",
+        app.server_log()
+    );
+    let resp = waiting
+        .await
+        .unwrap()
+        .expect("the request in flight was answered");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["output"], "done");
+    let c = app.container(&flow).await.unwrap();
+    assert_eq!(
+        (c.id, c.state.unwrap().running),
+        (container, Some(true)),
+        "the pump keeps running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_no_trigger_and_readyz_says_when_redis_is_down() {
+    let mut app = TestApp::spawn(Backend::Process).await;
+    let flow = app
+        .create_flow(&manifest(
+            "sturdy",
+            "keepAlive: true\ndeliveryTimeout: 60s\n",
+            "    - respond: '{{payload.n}}'\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+
+    app.redis.stop();
+    let (code, ready) = app.get("/readyz").await;
+    assert_eq!(code, 503, "{ready}");
+    assert_eq!(ready["redis"]["ok"], false);
+    assert_eq!(ready["store"]["ok"], true);
+    let (code, accepted) = app.webhook(&flow, &json!({"n": 9})).await;
+    assert_eq!(
+        code, 202,
+        "triggers are still accepted, durably: {accepted}"
+    );
+
+    app.redis.restart().await;
+    let e = app
+        .wait_execution(&flow, accepted["execution_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        (e["status"].as_str(), &e["output"]),
+        (Some("completed"), &json!(9)),
+        "{e:#}"
+    );
+    let (code, _) = app.get("/readyz").await;
+    assert_eq!(code, 200);
+}
