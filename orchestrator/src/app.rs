@@ -12,6 +12,7 @@ use crate::backend::process::ProcessBackend;
 use crate::backend::{Backend, BackendError, BackendKind};
 use crate::bus::{self, Bus, BusError};
 use crate::dispatcher::Dispatcher;
+use crate::leadership::Leadership;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{PumpSettings, Supervisor, SupervisorError};
 
@@ -43,6 +44,10 @@ pub struct ServeConfig {
     pub crash_window: Duration,
     /// How often every flow is reconciled against the backend.
     pub resync_interval: Duration,
+    /// How long the leader's lease lasts without renewal (PostgreSQL, several replicas).
+    pub lease_ttl: Duration,
+    /// This replica's name in the lease; the host name by default.
+    pub replica: Option<String>,
     pub api_token: Option<String>,
     /// Base URL in the webhook URLs handed out; `http://<listen>` by default.
     pub public_url: Option<String>,
@@ -68,6 +73,8 @@ impl ServeConfig {
             crash_limit: 5,
             crash_window: Duration::from_secs(120),
             resync_interval: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(10),
+            replica: None,
             api_token: None,
             public_url: None,
         }
@@ -98,6 +105,7 @@ pub struct Application {
     port: u16,
     state: AppState,
     supervisor_task: tokio::task::JoinHandle<()>,
+    leadership: Arc<Leadership>,
 }
 
 /// Picks the backend `kind` names; for `auto`, Docker when its socket answers, else process.
@@ -176,13 +184,23 @@ impl Application {
                 ..PumpSettings::new(&config.pump_image, &pump_redis)
             },
         ));
-        let supervisor_task =
-            tokio::spawn(supervisor.clone().run(bus.clone(), config.cluster.clone()));
-        // Adopts pumps still running, removes orphans, restarts what is gone.
-        let acted = supervisor.resync().await?;
-        if acted > 0 {
-            tracing::info!(acted, "start-up resync adopted, restarted or removed pumps");
-        }
+        let replica = config.replica.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "pumphouse".into())
+        });
+        let leadership = Arc::new(Leadership::new(
+            store.clone(),
+            bus.clone(),
+            supervisor.clone(),
+            dispatcher.clone(),
+            &format!("{}/{replica}", config.cluster),
+            config.lease_ttl,
+        ));
+        // The first try is made before serving, so a lone replica leads (and has adopted its
+        // pumps) by the time it answers.
+        leadership.step().await;
+        let supervisor_task = tokio::spawn(leadership.clone().run());
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartupError::Listen {
@@ -205,6 +223,7 @@ impl Application {
             supervisor,
             dispatcher,
             bus,
+            leadership: leadership.clone(),
             api_token: config.api_token.clone(),
             public_url: config
                 .public_url
@@ -217,6 +236,7 @@ impl Application {
             port: local.port(),
             state,
             supervisor_task,
+            leadership,
         })
     }
 
@@ -238,6 +258,7 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await;
         self.supervisor_task.abort();
+        self.leadership.release().await;
         served
     }
 }

@@ -13,8 +13,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands as _;
 
-/// The consumer group every orchestrator replica reads pump events through.
+/// The consumer group the leading replica reads pump events through.
 const GROUP: &str = "orchestrator";
+
+/// Where replicas that do not lead announce the triggers they recorded.
+const ACCEPTED_CHANNEL: &str = "pumphouse:accepted";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -78,6 +81,55 @@ impl Bus {
         Ok(tokio::time::timeout(OP_TIMEOUT, publish)
             .await
             .map_err(|_| timed_out("PUBLISH"))??)
+    }
+
+    /// Tells the leader that a trigger for `flow_id` was recorded by another replica. Best
+    /// effort: the leader also loads unacknowledged triggers from the store every second.
+    pub async fn notify_accepted(&self, flow_id: &str) {
+        let mut conn = self.conn.clone();
+        let publish = conn.publish::<_, _, u64>(ACCEPTED_CHANNEL, flow_id);
+        match tokio::time::timeout(OP_TIMEOUT, publish).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(flow_id, error = %e, "telling the leader about a trigger failed; it polls the store too")
+            }
+            Err(_) => tracing::debug!(
+                flow_id,
+                "telling the leader about a trigger timed out; it polls the store too"
+            ),
+        }
+    }
+
+    /// Calls `apply` with each flow id other replicas recorded triggers for, for ever,
+    /// reconnecting with back-off. Meant for the leader.
+    pub async fn accepted_notifications<F, Fut>(&self, mut apply: F)
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let subscribed = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(ACCEPTED_CHANNEL).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            }
+            .await;
+            match subscribed {
+                Ok(mut pubsub) => {
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = futures_util::StreamExt::next(&mut messages).await {
+                        if let Ok(flow_id) = msg.get_payload::<String>() {
+                            apply(flow_id).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "subscribing to accepted triggers failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Reads pump events for ever, calling `apply` for each and acknowledging it after `apply`

@@ -147,6 +147,13 @@ struct ServeArgs {
     /// How often every flow is reconciled against the backend (missed events, orphans).
     #[arg(long, env = "PUMPHOUSE_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
+    /// How long the leader's lease lasts unrenewed; a dead leader is replaced within about
+    /// this long (PostgreSQL with several replicas).
+    #[arg(long, env = "PUMPHOUSE_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// This replica's name in the leader lease; the host name by default.
+    #[arg(long, env = "PUMPHOUSE_REPLICA")]
+    replica: Option<String>,
     /// Bearer token required on the management API. Without it the API is open.
     #[arg(long, env = "PUMPHOUSE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
@@ -252,6 +259,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crash_limit: args.crash_limit,
         crash_window: args.crash_window,
         resync_interval: args.resync_interval,
+        lease_ttl: args.lease_ttl,
+        replica: args.replica,
         api_token: args.api_token,
         public_url: args.public_url,
     };

@@ -159,6 +159,62 @@ impl Dispatcher {
         }
     }
 
+    /// Records a trigger and nothing more: what a replica that is not the leader does. The
+    /// leader, told by [`crate::bus::Bus::notify_accepted`], loads it and sends it.
+    ///
+    /// # Errors
+    /// Only a store failure: then nothing was recorded and the caller must answer 5xx.
+    pub async fn record(
+        &self,
+        flow_id: &str,
+        kind: &str,
+        payload: Value,
+        deadline: Duration,
+    ) -> Result<Accepted, StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let seq = self
+            .store
+            .insert_execution(&NewExecution {
+                id: id.clone(),
+                flow_id: flow_id.to_string(),
+                trigger_type: kind.to_string(),
+                payload: Some(payload.to_string()),
+                received_at: now,
+                deadline_at: now + deadline.as_millis() as i64,
+            })
+            .await?;
+        Ok(Accepted {
+            execution_id: id,
+            seq,
+        })
+    }
+
+    /// Takes in the flow's triggers another replica recorded, and sends them if the gate is
+    /// open, in sequence order.
+    pub async fn load_flow(&self, flow_id: &str) -> Result<(), StoreError> {
+        let unacked = self.store.unacked_for_flow(flow_id).await?;
+        if unacked.is_empty() {
+            return Ok(());
+        }
+        let open = {
+            let mut q = self.queues.lock().expect("queues lock");
+            for e in &unacked {
+                q.insert(&e.flow_id, entry_from(e));
+            }
+            q.flows.get(flow_id).is_some_and(|f| f.open)
+        };
+        if open {
+            self.open(flow_id).await;
+        }
+        Ok(())
+    }
+
+    /// Forgets every queue and gate: this replica no longer leads.
+    pub fn clear(&self) {
+        *self.queues.lock().expect("queues lock") = Queues::default();
+    }
+
     /// Records a trigger, then sends it if the flow's gate is open (else holds it).
     ///
     /// # Errors
@@ -282,6 +338,18 @@ impl Dispatcher {
             .is_some_and(|f| !f.entries.is_empty())
     }
 
+    /// Flows whose gate is open.
+    pub fn open_flows(&self) -> Vec<String> {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .flows
+            .iter()
+            .filter(|(_, f)| f.open)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Flows whose gate is closed while triggers wait: they need a pump.
     pub fn held_flows(&self) -> Vec<String> {
         self.queues
@@ -349,6 +417,16 @@ impl Dispatcher {
         execution_id: &str,
         timeout: Duration,
     ) -> Result<Option<Outcome>, StoreError> {
+        let outcome = self.wait_inner(execution_id, timeout).await;
+        self.prune_waiters(execution_id);
+        outcome
+    }
+
+    async fn wait_inner(
+        &self,
+        execution_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<Outcome>, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.waiters
             .lock()
@@ -357,25 +435,55 @@ impl Dispatcher {
             .or_default()
             .push(tx);
         // It may have ended before the waiter was in place.
-        if let Some(e) = self.store.get_execution(execution_id).await? {
-            let done = match e.status.as_str() {
-                "completed" => Some(Outcome::Completed(
-                    e.output
-                        .as_deref()
-                        .and_then(|o| serde_json::from_str(o).ok())
-                        .unwrap_or(Value::Null),
-                )),
-                "failed" => Some(Outcome::Failed(e.error_message.unwrap_or_default())),
-                _ => None,
-            };
-            if done.is_some() {
-                return Ok(done);
+        if let Some(done) = self.finished(execution_id).await? {
+            return Ok(Some(done));
+        }
+        // The outcome may also be applied by another replica (the leader reads pump events),
+        // so the store is looked at now and then while waiting.
+        let until = tokio::time::Instant::now() + timeout;
+        let mut rx = rx;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            tokio::select! {
+                outcome = &mut rx => return Ok(outcome.ok()),
+                _ = tokio::time::sleep(left.min(Duration::from_millis(100))) => {
+                    if let Some(done) = self.finished(execution_id).await? {
+                        return Ok(Some(done));
+                    }
+                }
             }
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(outcome)) => Ok(Some(outcome)),
-            _ => Ok(None),
+    }
+
+    /// Drops the senders of waiters that gave up.
+    fn prune_waiters(&self, execution_id: &str) {
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        if let Some(list) = waiters.get_mut(execution_id) {
+            list.retain(|s| !s.is_closed());
+            if list.is_empty() {
+                waiters.remove(execution_id);
+            }
         }
+    }
+
+    /// How the execution ended, if it has.
+    async fn finished(&self, execution_id: &str) -> Result<Option<Outcome>, StoreError> {
+        let Some(e) = self.store.get_execution(execution_id).await? else {
+            return Ok(None);
+        };
+        Ok(match e.status.as_str() {
+            "completed" => Some(Outcome::Completed(
+                e.output
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str(o).ok())
+                    .unwrap_or(Value::Null),
+            )),
+            "failed" => Some(Outcome::Failed(e.error_message.unwrap_or_default())),
+            _ => None,
+        })
     }
 
     /// One pass: re-sends what is due through open gates, in arrival order, and fails what is
@@ -405,8 +513,12 @@ impl Dispatcher {
             q.flows.retain(|_, f| f.open || !f.entries.is_empty());
         }
         for (flow_id, trigger) in resend {
-            self.store.count_attempt(&trigger.id).await?;
-            self.publish(&flow_id, &trigger).await;
+            if self.store.count_attempt(&trigger.id).await? {
+                self.publish(&flow_id, &trigger).await;
+            } else {
+                // Acknowledged through another replica, or failed by a stop: nothing to send.
+                self.acknowledged(&trigger.id);
+            }
         }
         for (id, attempts) in expired {
             let reason = format!(

@@ -10,6 +10,7 @@
 //! - [`bus`]: Redis pub/sub for triggers, the events stream for what pumps report.
 //! - [`dispatcher`]: durable acceptance and re-delivery of triggers.
 //! - [`supervisor`]: starts and stops pumps, and applies what pumps and backends report.
+//! - [`leadership`]: which replica runs the supervision loops (a lease with fencing).
 //! - [`cli`] and [`client`]: the `pumphouse` command and its API client.
 //!
 //! The pump contract itself lives in the `pumphouse-pump` crate, shared with the pumps.
@@ -21,6 +22,7 @@ pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod dispatcher;
+pub mod leadership;
 pub mod manifest;
 pub mod store;
 pub mod supervisor;

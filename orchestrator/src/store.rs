@@ -133,6 +133,9 @@ pub struct Transition<'a> {
     pub only_instance: Option<&'a str>,
     /// Only apply when the flow has this status (a compare-and-set: one caller wins).
     pub only_status: Option<&'a str>,
+    /// Only apply while the supervisor lease still carries this fence: a leader that lost its
+    /// lease (and does not know yet) cannot change anything.
+    pub fence: Option<i64>,
 }
 
 impl<'a> Transition<'a> {
@@ -145,9 +148,13 @@ impl<'a> Transition<'a> {
             pump: None,
             only_instance: None,
             only_status: None,
+            fence: None,
         }
     }
 }
+
+/// The name of the lease the leading replica holds.
+pub const SUPERVISOR_LEASE: &str = "supervisor";
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -371,7 +378,7 @@ impl Store {
         // The event goes in first: its INSERT ... SELECT reads the old status and, on SQLite,
         // takes the write lock at once, so the transaction never has to upgrade a read lock.
         let recorded = sqlx::query(
-            "INSERT INTO flow_events (flow_id, at, from_status, to_status, reason, actor) SELECT id, $2, status, $3, $4, $5 FROM flows WHERE id = $1 AND ($6 IS NULL OR instance_id = $6) AND ($7 IS NULL OR status = $7)",
+            "INSERT INTO flow_events (flow_id, at, from_status, to_status, reason, actor) SELECT id, $2, status, $3, $4, $5 FROM flows WHERE id = $1 AND ($6 IS NULL OR instance_id = $6) AND ($7 IS NULL OR status = $7) AND ($8 IS NULL OR $8 = (SELECT fence FROM leases WHERE name = $9))",
         )
         .bind(id)
         .bind(now)
@@ -380,6 +387,8 @@ impl Store {
         .bind(t.actor)
         .bind(t.only_instance)
         .bind(t.only_status)
+        .bind(t.fence)
+        .bind(SUPERVISOR_LEASE)
         .execute(&mut *tx)
         .await?;
         if recorded.rows_affected() == 0 {
@@ -505,12 +514,43 @@ impl Store {
         rows.iter().map(exec_from_row).collect()
     }
 
-    pub async fn count_attempt(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE executions SET attempts = attempts + 1 WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Counts one more send of a trigger that still waits for a pump. Returns `false` when it
+    /// does not wait any more (acknowledged, finished or failed elsewhere): stop sending it.
+    pub async fn count_attempt(&self, id: &str) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE executions SET attempts = attempts + 1 WHERE id = $1 AND status = 'queued' AND acked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Marks every unfinished execution of a flow failed with `reason`; returns their ids.
+    pub async fn fail_unfinished(&self, flow_id: &str, reason: &str) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE executions SET status = 'failed', error_message = $2, completed_at = $3 WHERE flow_id = $1 AND status IN ('queued', 'running') RETURNING id",
+        )
+        .bind(flow_id)
+        .bind(reason)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// One flow's executions no pump has acknowledged yet, oldest first.
+    pub async fn unacked_for_flow(&self, flow_id: &str) -> Result<Vec<ExecutionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EXEC_COLUMNS} FROM executions WHERE flow_id = $1 AND status = 'queued' AND acked_at IS NULL ORDER BY seq"
+        ))
+        .bind(flow_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(exec_from_row).collect()
     }
 
     /// The pump instance `instance_id` has the trigger.

@@ -103,7 +103,10 @@ async fn a_trigger_published_while_the_pump_is_unsubscribed_is_resent_until_it_l
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!(killed, 1, "the pump's subscriber connection");
+    assert!(
+        killed >= 1,
+        "the pump's subscriber connection (and the leader's own)"
+    );
     let listeners: Vec<(String, i64)> = redis::cmd("PUBSUB")
         .arg("NUMSUB")
         .arg(format!("trigger:{}", flow.id))

@@ -35,6 +35,7 @@ pub struct AppState {
     pub supervisor: Arc<Supervisor>,
     pub dispatcher: Arc<Dispatcher>,
     pub bus: crate::bus::Bus,
+    pub leadership: Arc<crate::leadership::Leadership>,
     /// Required as a bearer token on the management routes when set.
     pub api_token: Option<String>,
     /// How users reach this server, for the webhook URLs it hands out.
@@ -111,6 +112,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     let body = json!({
         "ready": ready,
+        "role": if state.leadership.is_leader() { "leader" } else { "follower" },
+        "replica": state.leadership.holder(),
         "store": show(&store),
         "redis": show(&redis),
         "backend": show(&backend),

@@ -124,15 +124,21 @@ async fn accept(
         .ok()
         .and_then(|m| m.delivery_timeout().ok())
         .unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
-    let accepted = state
-        .dispatcher
-        .accept(
-            &flow.id,
-            kind,
-            payload,
-            deadline.max(Duration::from_secs(1)),
-        )
-        .await?;
+    let deadline = deadline.max(Duration::from_secs(1));
+    let accepted = if state.leadership.is_leader() {
+        state
+            .dispatcher
+            .accept(&flow.id, kind, payload, deadline)
+            .await?
+    } else {
+        // The leader sends it; this replica only makes it durable and says so.
+        let accepted = state
+            .dispatcher
+            .record(&flow.id, kind, payload, deadline)
+            .await?;
+        state.bus.notify_accepted(&flow.id).await;
+        accepted
+    };
     state.supervisor.note_trigger(&flow.id);
     if flow.status == status::IDLE {
         // Held by the dispatcher until the pump is ready; one of the concurrent wakes wins.

@@ -17,6 +17,7 @@ pub mod reaper;
 mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,6 +108,8 @@ pub struct Supervisor {
     launches: Mutex<HashMap<String, u64>>,
     /// One lock per flow: reconciles and exit handling of a flow never overlap.
     flow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The lease fence this replica leads under (0: none).
+    fence: AtomicI64,
 }
 
 impl Supervisor {
@@ -126,6 +129,7 @@ impl Supervisor {
             crashes: Mutex::new(HashMap::new()),
             launches: Mutex::new(HashMap::new()),
             flow_locks: Mutex::new(HashMap::new()),
+            fence: AtomicI64::new(0),
         }
     }
 
@@ -367,15 +371,10 @@ impl Supervisor {
         }
         self.forget(&flow.id);
         self.backend.stop(&flow.id, grace).await?;
-        if let Some(instance_id) = &flow.instance_id {
-            self.requeue(&flow.id, instance_id).await?;
-        }
-        self.dispatcher
-            .fail_flow(
-                &flow.id,
-                "the flow was stopped before its pump finished this trigger",
-            )
-            .await?;
+        let reason = "the flow was stopped before its pump finished this trigger";
+        self.dispatcher.fail_flow(&flow.id, reason).await?;
+        // Including what other replicas hold, and what the stopped pump was running.
+        self.store.fail_unfinished(&flow.id, reason).await?;
         Ok(())
     }
 
@@ -434,6 +433,7 @@ impl Supervisor {
         let mut t = Transition::new(status::IDLE, &reason, "reaper");
         t.only_instance = Some(&instance_id);
         t.only_status = Some(status::RUNNING);
+        t.fence = self.fence();
         if !self.store.transition(flow_id, t).await? {
             return Ok(false);
         }
@@ -650,6 +650,7 @@ impl Supervisor {
         let mut t = Transition::new(status::STARTING, &reason, "supervisor");
         t.only_instance = Some(instance_id);
         t.pump = Some((Some(&next), None));
+        t.fence = self.fence();
         if !self.store.transition(&flow.id, t).await? {
             return Ok(());
         }
@@ -695,9 +696,54 @@ impl Supervisor {
         }
     }
 
-    /// Runs the loops: pump events, backend events, re-delivery and housekeeping. Returns only
-    /// if the backend's event stream ends, which a backend never does on its own.
-    pub async fn run(self: Arc<Self>, bus: crate::bus::Bus, consumer: String) {
+    /// The fence of the lease this replica leads under; `None` without a lease (SQLite).
+    pub fn fence(&self) -> Option<i64> {
+        match self.fence.load(Ordering::SeqCst) {
+            0 => None,
+            f => Some(f),
+        }
+    }
+
+    pub fn set_fence(&self, fence: Option<i64>) {
+        self.fence.store(fence.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Runs the leader's loops: pump events, backend events, re-delivery, triggers other
+    /// replicas recorded, housekeeping and resync. Returns only if the backend's event stream
+    /// ends, which a backend never does on its own; the caller aborts it on losing the lease.
+    pub async fn run_leader(self: Arc<Self>, bus: crate::bus::Bus, consumer: String) {
+        let accepted = {
+            let this = self.clone();
+            let bus = bus.clone();
+            async move {
+                bus.accepted_notifications(|flow_id| {
+                    let this = this.clone();
+                    async move {
+                        if let Err(e) = this.dispatcher.load_flow(&flow_id).await {
+                            tracing::warn!(flow_id, error = %e, "loading triggers another replica recorded failed");
+                        }
+                    }
+                })
+                .await
+            }
+        };
+        // A notification can be lost (Redis blip); the store cannot.
+        let sweep = {
+            let this = self.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    if let Err(e) = this.dispatcher.load().await {
+                        tracing::warn!(error = %e, "loading unacknowledged triggers failed");
+                    }
+                    for flow_id in this.dispatcher.open_flows() {
+                        this.dispatcher.open(&flow_id).await;
+                    }
+                }
+            }
+        };
         let events = {
             let this = self.clone();
             async move {
@@ -752,7 +798,15 @@ impl Supervisor {
                 }
             }
         };
-        tokio::join!(events, backend_events, redelivery, housekeeping, resync);
+        tokio::join!(
+            events,
+            backend_events,
+            redelivery,
+            housekeeping,
+            resync,
+            accepted,
+            sweep
+        );
     }
 }
 
