@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod flows;
+mod replicas;
 mod store;
 mod supervision;
 mod triggers;

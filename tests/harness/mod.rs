@@ -384,9 +384,12 @@ pub struct TestApp {
     pub cluster: String,
     pub backend: Backend,
     pub store_url: String,
+    /// Replica 0 is `base`; more exist with `spawn_replicas`.
+    bases: Vec<String>,
     dir: TempDir,
-    server: Server,
+    servers: Vec<Server>,
     docker: Option<bollard::Docker>,
+    postgres: Option<PostgresServer>,
 }
 
 /// Where the orchestrator under test runs.
@@ -467,6 +470,7 @@ impl TestApp {
             .await
             .expect("the orchestrator starts");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let base_copy = base.clone();
         let server = tokio::spawn(async move {
             let _ = app.run_until_stopped(std::future::pending()).await;
         });
@@ -478,74 +482,107 @@ impl TestApp {
             backend,
             store_url,
             dir,
-            server: Server::InProcess(server),
+            bases: vec![base_copy],
+            servers: vec![Server::InProcess(server)],
             docker,
+            postgres: None,
         }
     }
 
     /// Starts the orchestrator as a `pumphouse serve` process, with `extra` arguments.
     pub async fn spawn_process(backend: Backend, extra: &[&str]) -> TestApp {
+        Self::spawn_replicas(backend, 1, None, extra).await
+    }
+
+    /// Starts `replicas` orchestrator processes sharing one Redis, one store and one cluster
+    /// label: the store is a private PostgreSQL when `postgres` is given, else SQLite.
+    pub async fn spawn_replicas(
+        backend: Backend,
+        replicas: usize,
+        postgres: Option<PostgresServer>,
+        extra: &[&str],
+    ) -> TestApp {
         let docker = match backend {
             Backend::Docker => Some(docker().await),
             Backend::Process => None,
         };
         let redis = RedisServer::start().await;
         let dir = TempDir::new("pumphouse-test");
-        let store_url = format!("sqlite://{}", dir.0.join("pumphouse.db").display());
+        let store_url = match &postgres {
+            Some(pg) => pg.url(),
+            None => format!("sqlite://{}", dir.0.join("pumphouse.db").display()),
+        };
         let cluster = unique("test");
-        let port = free_port();
-        let mut args: Vec<String> = [
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--store",
-            &store_url,
-            "--redis",
-            &redis.url(),
-            "--backend",
-            match backend {
-                Backend::Docker => "docker",
-                Backend::Process => "process",
-            },
-            "--pump-binary",
-            pump_binary().to_str().expect("a UTF-8 path"),
-            "--pump-image",
-            PUMP_IMAGE,
-            "--docker-network",
-            "host",
-            "--cluster",
-            &cluster,
-            "--heartbeat",
-            "500ms",
-            "--start-timeout",
-            "20s",
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut servers = Vec::new();
+        let mut bases = Vec::new();
+        for i in 0..replicas {
+            let port = free_port();
+            let mut args: Vec<String> = [
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--store",
+                &store_url,
+                "--redis",
+                &redis.url(),
+                "--backend",
+                match backend {
+                    Backend::Docker => "docker",
+                    Backend::Process => "process",
+                },
+                "--pump-binary",
+                pump_binary().to_str().expect("a UTF-8 path"),
+                "--pump-image",
+                PUMP_IMAGE,
+                "--docker-network",
+                "host",
+                "--cluster",
+                &cluster,
+                "--replica",
+                &format!("replica-{i}"),
+                "--heartbeat",
+                "500ms",
+                "--start-timeout",
+                "20s",
+                "--log-format",
+                "json",
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            args.extend(extra.iter().map(|a| a.to_string()));
+            servers.push(Server::Process { child: None, args });
+            bases.push(format!("http://127.0.0.1:{port}"));
+        }
         let mut app = TestApp {
-            base: format!("http://127.0.0.1:{port}"),
+            base: bases[0].clone(),
+            bases,
             http: reqwest::Client::new(),
             redis,
             cluster,
             backend,
             store_url,
             dir,
-            server: Server::Process { child: None, args },
+            servers,
             docker,
+            postgres,
         };
-        app.start_server().await;
+        for i in 0..replicas {
+            app.start_replica(i).await;
+        }
         app
     }
 
     /// (Re)starts the `pumphouse serve` process and waits until it is ready.
     pub async fn start_server(&mut self) {
-        let log = self.dir.0.join("server.log");
-        let Server::Process { child, args } = &mut self.server else {
-            panic!("start_server needs an orchestrator made by spawn_process");
+        self.start_replica(0).await;
+    }
+
+    /// (Re)starts replica `i` and waits until it is ready.
+    pub async fn start_replica(&mut self, i: usize) {
+        let log = self.dir.0.join(format!("server-{i}.log"));
+        let Server::Process { child, args } = &mut self.servers[i] else {
+            panic!("start_replica needs orchestrators made by spawn_process or spawn_replicas");
         };
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -560,9 +597,10 @@ impl TestApp {
                 .spawn()
                 .expect("starting pumphouse serve"),
         );
+        let ready = format!("{}/readyz", self.bases[i]);
         let started = Instant::now();
         loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+            if let Ok(r) = self.http.get(&ready).send().await {
                 if r.status().is_success() {
                     return;
                 }
@@ -578,18 +616,22 @@ impl TestApp {
 
     /// Kills the orchestrator process with SIGKILL: no chance to clean up.
     pub fn kill_server(&mut self) {
-        if let Server::Process { child: Some(c), .. } = &mut self.server {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Server::Process { child, .. } = &mut self.server {
-            *child = None;
+        self.kill_replica(0);
+    }
+
+    /// Kills replica `i` with SIGKILL.
+    pub fn kill_replica(&mut self, i: usize) {
+        if let Server::Process { child, .. } = &mut self.servers[i] {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 
     /// Sends SIGTERM to the orchestrator process and returns how it exited.
     pub fn terminate_server(&mut self) -> std::process::ExitStatus {
-        let Server::Process { child, .. } = &mut self.server else {
+        let Server::Process { child, .. } = &mut self.servers[0] else {
             panic!("terminate_server needs an orchestrator made by spawn_process");
         };
         let mut c = child.take().expect("a running server");
@@ -597,9 +639,29 @@ impl TestApp {
         c.wait().expect("waiting for pumphouse serve")
     }
 
+    /// The base URL of replica `i`.
+    pub fn replica(&self, i: usize) -> &str {
+        &self.bases[i]
+    }
+
+    /// Which replicas say they lead, by their `/readyz`.
+    pub async fn leaders(&self) -> Vec<usize> {
+        let mut leaders = Vec::new();
+        for (i, base) in self.bases.iter().enumerate() {
+            if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await {
+                if let Ok(v) = r.json::<Value>().await {
+                    if v["role"] == "leader" {
+                        leaders.push(i);
+                    }
+                }
+            }
+        }
+        leaders
+    }
+
     /// The orchestrator process's log so far.
     pub fn server_log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.0.join("server-0.log")).unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -732,15 +794,19 @@ async fn read(resp: reqwest::Response) -> (u16, Value) {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        match &mut self.server {
-            Server::InProcess(task) => task.abort(),
-            Server::Process { child, .. } => {
-                if let Some(c) = child.as_mut() {
-                    let _ = c.kill();
-                    let _ = c.wait();
+        for server in &mut self.servers {
+            match server {
+                Server::InProcess(task) => task.abort(),
+                Server::Process { child, .. } => {
+                    if let Some(c) = child.as_mut() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
                 }
             }
         }
+        // Servers first: the store goes after them.
+        self.postgres.take();
         if let Some(docker) = self.docker.take() {
             // Remove this test's pumps; a blocking pass is fine at the end of a test.
             let cluster = self.cluster.clone();
