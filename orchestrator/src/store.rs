@@ -375,25 +375,33 @@ impl Store {
     pub async fn transition(&self, id: &str, t: Transition<'_>) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        // The event goes in first: its INSERT ... SELECT reads the old status and, on SQLite,
-        // takes the write lock at once, so the transaction never has to upgrade a read lock.
-        let recorded = sqlx::query(
-            "INSERT INTO flow_events (flow_id, at, from_status, to_status, reason, actor) SELECT id, $2, status, $3, $4, $5 FROM flows WHERE id = $1 AND ($6 IS NULL OR instance_id = $6) AND ($7 IS NULL OR status = $7) AND ($8 IS NULL OR $8 = (SELECT fence FROM leases WHERE name = $9))",
+        // The guarded no-op UPDATE comes first: it locks the row (PostgreSQL) or the database
+        // (SQLite) and checks the guards under that lock, so of two racing callers only one
+        // passes; the other's UPDATE re-checks after the first commits and matches nothing.
+        let claimed = sqlx::query(
+            "UPDATE flows SET updated_at = $2 WHERE id = $1 AND ($3 IS NULL OR instance_id = $3) AND ($4 IS NULL OR status = $4) AND ($5 IS NULL OR $5 = (SELECT fence FROM leases WHERE name = $6))",
         )
         .bind(id)
         .bind(now)
-        .bind(t.status)
-        .bind(t.reason)
-        .bind(t.actor)
         .bind(t.only_instance)
         .bind(t.only_status)
         .bind(t.fence)
         .bind(SUPERVISOR_LEASE)
         .execute(&mut *tx)
         .await?;
-        if recorded.rows_affected() == 0 {
+        if claimed.rows_affected() == 0 {
             return Ok(false);
         }
+        sqlx::query(
+            "INSERT INTO flow_events (flow_id, at, from_status, to_status, reason, actor) SELECT id, $2, status, $3, $4, $5 FROM flows WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(t.status)
+        .bind(t.reason)
+        .bind(t.actor)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE flows SET status = $2, status_reason = $3, updated_at = $4, desired_state = COALESCE($5, desired_state) WHERE id = $1",
         )
@@ -524,6 +532,32 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() > 0)
+    }
+
+    /// Hands back executions acknowledged by a pump instance that no flow runs any more, oldest
+    /// first. Catches what [`Store::requeue_instance`] could not: an `ack` applied after the
+    /// exit of the pump that sent it (events and exits travel separately, and can cross).
+    pub async fn requeue_departed(&self) -> Result<Vec<ExecutionRecord>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE executions SET status = 'queued', acked_at = NULL, started_at = NULL, instance_id = NULL WHERE status IN ('queued', 'running') AND instance_id IS NOT NULL AND instance_id NOT IN (SELECT instance_id FROM flows WHERE status IN ('running', 'starting') AND instance_id IS NOT NULL) RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut back = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let row = sqlx::query(&format!(
+                "SELECT {EXEC_COLUMNS} FROM executions WHERE id = $1"
+            ))
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+            back.push(exec_from_row(&row)?);
+        }
+        tx.commit().await?;
+        back.sort_by_key(|e| e.seq);
+        Ok(back)
     }
 
     /// Marks every unfinished execution of a flow failed with `reason`; returns their ids.

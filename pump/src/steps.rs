@@ -22,7 +22,7 @@ pub async fn run(
     let mut vars = Map::new();
     let mut output = Value::Null;
     let mut held: Vec<Vec<u8>> = Vec::new();
-    let mut redis = ctx.redis.clone();
+    let redis = ctx.redis.clone();
     for (i, step) in config.steps.iter().enumerate() {
         let scope = json!({"payload": payload, "vars": vars, "trigger": {"id": trigger_id}});
         match step {
@@ -30,25 +30,36 @@ pub async fn run(
             Step::Set { key, value } => {
                 let value = render(value, &scope);
                 let key = format!("{}{}", ctx.prefix, render_str(key, &scope));
-                redis
-                    .set::<_, _, ()>(&key, value.to_string())
-                    .await
-                    .map_err(|e| format!("steps[{i}] set `{key}`: {e}"))?;
+                let value = value.to_string();
+                retrying(|| {
+                    let mut redis = redis.clone();
+                    let (key, value) = (key.clone(), value.clone());
+                    async move { redis.set::<_, _, ()>(key, value).await }
+                })
+                .await
+                .map_err(|e| format!("steps[{i}] set `{key}`: {e}"))?;
             }
             Step::Append { key, value } => {
                 let value = render(value, &scope);
                 let key = format!("{}{}", ctx.prefix, render_str(key, &scope));
-                redis
-                    .rpush::<_, _, ()>(&key, value.to_string())
-                    .await
-                    .map_err(|e| format!("steps[{i}] append `{key}`: {e}"))?;
+                let value = value.to_string();
+                retrying(|| {
+                    let mut redis = redis.clone();
+                    let (key, value) = (key.clone(), value.clone());
+                    async move { redis.rpush::<_, _, ()>(key, value).await }
+                })
+                .await
+                .map_err(|e| format!("steps[{i}] append `{key}`: {e}"))?;
             }
             Step::Get { key, into } => {
                 let key = format!("{}{}", ctx.prefix, render_str(key, &scope));
-                let raw: Option<String> = redis
-                    .get(&key)
-                    .await
-                    .map_err(|e| format!("steps[{i}] get `{key}`: {e}"))?;
+                let raw: Option<String> = retrying(|| {
+                    let mut redis = redis.clone();
+                    let key = key.clone();
+                    async move { redis.get(key).await }
+                })
+                .await
+                .map_err(|e| format!("steps[{i}] get `{key}`: {e}"))?;
                 let value = raw
                     .map(|r| serde_json::from_str(&r).unwrap_or(Value::String(r)))
                     .unwrap_or(Value::Null);
@@ -92,6 +103,32 @@ pub async fn run(
     }
     drop(held);
     Ok(output)
+}
+
+/// Runs a Redis command again while the connection is down (the connection manager
+/// reconnects on the next call), for about three seconds: a Redis restart delays a step rather
+/// than failing it. A retried `append` may land twice; delivery is at least once anyway.
+async fn retrying<T, F, Fut>(mut command: F) -> redis::RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut backoff = std::time::Duration::from_millis(100);
+    for _ in 0..5 {
+        match command().await {
+            Err(e)
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout() =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            done => return done,
+        }
+    }
+    command().await
 }
 
 /// Renders templates inside a JSON value. A string that is exactly one `{{path}}` becomes the

@@ -188,6 +188,22 @@ async fn store_suite(store: Store) {
         (e2.id.as_str(), "queued")
     );
     assert!(back[0].acked_at.is_none() && back[0].instance_id.is_none());
+    store
+        .mark_acked(&e2.id, "inst-gone", now_ms())
+        .await
+        .unwrap();
+    let departed = store.requeue_departed().await.unwrap();
+    assert_eq!(
+        departed.len(),
+        1,
+        "acknowledged by a pump no flow runs: handed back"
+    );
+    assert_eq!(departed[0].id, e2.id);
+    store.mark_acked(&e2.id, "inst-1", now_ms()).await.unwrap();
+    assert!(
+        store.requeue_departed().await.unwrap().is_empty(),
+        "the flow's own pump keeps its triggers"
+    );
     let mut wake = Transition::new(status::STARTING, "woken", "supervisor");
     wake.only_status = Some(status::IDLE);
     assert!(
@@ -214,6 +230,32 @@ async fn store_suite(store: Store) {
     assert_eq!(listed, [e2.id.clone(), e1.id.clone()], "newest first");
     assert_eq!(store.flows_wanted_running().await.unwrap().len(), 1);
 
+    // A compare-and-set under a race: of many callers waking an idle flow, exactly one wins,
+    // round after round.
+    for round in 0..10 {
+        let mut idle = Transition::new(status::IDLE, "scaled to zero", "reaper");
+        idle.pump = Some((Some("inst-1"), None));
+        assert!(store.transition(&a.id, idle).await.unwrap());
+        let gate = std::sync::Arc::new(tokio::sync::Barrier::new(12));
+        let racers: Vec<_> = (0..12)
+            .map(|_| {
+                let (store, id, gate) = (store.clone(), a.id.clone(), gate.clone());
+                tokio::spawn(async move {
+                    gate.wait().await;
+                    let mut wake =
+                        Transition::new(status::STARTING, "woken by a trigger", "supervisor");
+                    wake.only_status = Some(status::IDLE);
+                    store.transition(&id, wake).await.unwrap()
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for r in racers {
+            winners += r.await.unwrap() as usize;
+        }
+        assert_eq!(winners, 1, "round {round}: exactly one wake wins");
+    }
+
     // Delete takes executions and events with it.
     assert!(store.delete_flow(&a.id).await.unwrap());
     assert!(store.get_flow(&a.id).await.unwrap().is_none());
@@ -223,7 +265,7 @@ async fn store_suite(store: Store) {
     store.ping().await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_store_suite_passes_on_sqlite() {
     let dir = TempDir::new("pumphouse-store");
     let url = format!("sqlite://{}", dir.0.join("s.db").display());
@@ -233,7 +275,7 @@ async fn the_store_suite_passes_on_sqlite() {
     assert_eq!(again.list_flows("t1").await.unwrap().len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_store_suite_passes_on_postgresql() {
     let pg = PostgresServer::start();
     store_suite(Store::connect(&pg.url()).await.unwrap()).await;

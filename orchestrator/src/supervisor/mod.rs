@@ -735,6 +735,19 @@ impl Supervisor {
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
+                    match this.store.requeue_departed().await {
+                        Ok(back) if !back.is_empty() => {
+                            tracing::info!(
+                                count = back.len(),
+                                "re-queued triggers held by pumps that are gone"
+                            );
+                            this.dispatcher.requeue(&back);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "re-queuing triggers of departed pumps failed")
+                        }
+                    }
                     if let Err(e) = this.dispatcher.load().await {
                         tracing::warn!(error = %e, "loading unacknowledged triggers failed");
                     }
