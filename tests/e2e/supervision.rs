@@ -257,3 +257,55 @@ async fn a_redis_restart_loses_no_trigger_and_readyz_says_when_redis_is_down() {
     let (code, _) = app.get("/readyz").await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_step_adopts_what_runs_removes_orphans_and_is_idempotent() {
+    use pumphouse::supervisor::reconcile::Step;
+    let app = TestApp::spawn(Backend::Docker).await;
+    let supervisor = app.supervisor.clone().unwrap();
+    let flow = app
+        .create_flow(&manifest(
+            "kept",
+            "keepAlive: true\n",
+            "    - respond: kept\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let container = app.container(&flow).await.unwrap().id;
+    for _ in 0..2 {
+        assert_eq!(supervisor.reconcile(&flow.id).await.unwrap(), Step::Adopted);
+        assert_eq!(
+            app.container(&flow).await.unwrap().id,
+            container,
+            "nothing restarted"
+        );
+    }
+
+    let docker = pumphouse_e2e::docker().await;
+    let orphan = pumphouse_e2e::run_labelled_container(&docker, &app.cluster).await;
+    let info = docker
+        .inspect_container(
+            &orphan,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let orphan_flow = info.config.unwrap().labels.unwrap()["pumphouse.dev/flow"].clone();
+    assert_eq!(
+        supervisor.reconcile(&orphan_flow).await.unwrap(),
+        Step::RemovedOrphan
+    );
+    assert_eq!(
+        supervisor.reconcile(&orphan_flow).await.unwrap(),
+        Step::Nothing,
+        "idempotent"
+    );
+    assert!(docker
+        .inspect_container(
+            &orphan,
+            None::<bollard::query_parameters::InspectContainerOptions>
+        )
+        .await
+        .is_err());
+}

@@ -390,6 +390,8 @@ pub struct TestApp {
     servers: Vec<Server>,
     docker: Option<bollard::Docker>,
     postgres: Option<PostgresServer>,
+    /// The in-process orchestrator's supervisor, so tests can drive single steps.
+    pub supervisor: Option<std::sync::Arc<pumphouse::supervisor::Supervisor>>,
 }
 
 /// Where the orchestrator under test runs.
@@ -471,6 +473,7 @@ impl TestApp {
             .expect("the orchestrator starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let base_copy = base.clone();
+        let supervisor = Some(app.state().supervisor.clone());
         let server = tokio::spawn(async move {
             let _ = app.run_until_stopped(std::future::pending()).await;
         });
@@ -486,6 +489,7 @@ impl TestApp {
             servers: vec![Server::InProcess(server)],
             docker,
             postgres: None,
+            supervisor,
         }
     }
 
@@ -566,6 +570,7 @@ impl TestApp {
             servers,
             docker,
             postgres,
+            supervisor: None,
         };
         for i in 0..replicas {
             app.start_replica(i).await;

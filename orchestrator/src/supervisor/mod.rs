@@ -14,7 +14,7 @@
 //!   in `error` with the reason and its last log lines, and fails the triggers held for it.
 
 pub mod reaper;
-mod reconcile;
+pub mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
