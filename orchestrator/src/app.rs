@@ -56,6 +56,8 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// Defaults suited to one developer machine.
     pub fn local(store_url: &str, redis_url: &str) -> ServeConfig {
+        // The supervision defaults live in one place.
+        let pumps = PumpSettings::new("pumphouse/pump:dev", redis_url);
         ServeConfig {
             listen: "127.0.0.1:8080".parse().expect("a valid address"),
             store_url: store_url.into(),
@@ -64,15 +66,15 @@ impl ServeConfig {
             backend: BackendKind::Auto,
             docker_socket: None,
             docker_network: "host".into(),
-            pump_image: "pumphouse/pump:dev".into(),
+            pump_image: pumps.default_image,
             pump_binary: None,
             cluster: "default".into(),
-            heartbeat: Duration::from_secs(5),
-            start_timeout: Duration::from_secs(60),
-            restart_backoff: Duration::from_millis(500),
-            crash_limit: 5,
-            crash_window: Duration::from_secs(120),
-            resync_interval: Duration::from_secs(30),
+            heartbeat: pumps.heartbeat,
+            start_timeout: pumps.start_timeout,
+            restart_backoff: pumps.restart_backoff,
+            crash_limit: pumps.crash_limit,
+            crash_window: pumps.crash_window,
+            resync_interval: pumps.resync_interval,
             lease_ttl: Duration::from_secs(10),
             replica: None,
             api_token: None,

@@ -15,7 +15,7 @@
 //! - The queue is rebuilt from the store on start-up, so a restart loses nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pumphouse_pump::Trigger;
@@ -23,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::bus::Bus;
+use crate::flow_locks::FlowLocks;
 use crate::store::{now_ms, ExecutionRecord, NewExecution, Store, StoreError};
 
 const FIRST_RESEND_MS: i64 = 250;
@@ -96,7 +97,7 @@ pub struct Dispatcher {
     bus: Bus,
     queues: Mutex<Queues>,
     /// Serializes record-and-send per flow, so sequence order is delivery order.
-    flow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    flow_locks: FlowLocks,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
 }
 
@@ -126,18 +127,9 @@ impl Dispatcher {
             store,
             bus,
             queues: Mutex::new(Queues::default()),
-            flow_locks: Mutex::new(HashMap::new()),
+            flow_locks: FlowLocks::default(),
             waiters: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn flow_lock(&self, flow_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.flow_locks
-            .lock()
-            .expect("flow locks")
-            .entry(flow_id.to_string())
-            .or_default()
-            .clone()
     }
 
     /// Reloads unacknowledged triggers from the store, held until their flow's gate opens.
@@ -171,8 +163,21 @@ impl Dispatcher {
         payload: Value,
         deadline: Duration,
     ) -> Result<Accepted, StoreError> {
+        let (accepted, _) = self.insert(flow_id, kind, &payload, deadline).await?;
+        Ok(accepted)
+    }
+
+    /// Writes a new execution, `queued`; returns it and its deadline.
+    async fn insert(
+        &self,
+        flow_id: &str,
+        kind: &str,
+        payload: &Value,
+        deadline: Duration,
+    ) -> Result<(Accepted, i64), StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
+        let deadline_at = now + deadline.as_millis() as i64;
         let seq = self
             .store
             .insert_execution(&NewExecution {
@@ -181,13 +186,16 @@ impl Dispatcher {
                 trigger_type: kind.to_string(),
                 payload: Some(payload.to_string()),
                 received_at: now,
-                deadline_at: now + deadline.as_millis() as i64,
+                deadline_at,
             })
             .await?;
-        Ok(Accepted {
-            execution_id: id,
-            seq,
-        })
+        Ok((
+            Accepted {
+                execution_id: id,
+                seq,
+            },
+            deadline_at,
+        ))
     }
 
     /// Takes in the flow's triggers another replica recorded, and sends them if the gate is
@@ -226,28 +234,16 @@ impl Dispatcher {
         payload: Value,
         deadline: Duration,
     ) -> Result<Accepted, StoreError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let lock = self.flow_lock(flow_id);
+        let lock = self.flow_locks.get(flow_id);
         let _guard = lock.lock().await;
+        let (accepted, deadline_at) = self.insert(flow_id, kind, &payload, deadline).await?;
         let now = now_ms();
-        let deadline_at = now + deadline.as_millis() as i64;
-        let seq = self
-            .store
-            .insert_execution(&NewExecution {
-                id: id.clone(),
-                flow_id: flow_id.to_string(),
-                trigger_type: kind.to_string(),
-                payload: Some(payload.to_string()),
-                received_at: now,
-                deadline_at,
-            })
-            .await?;
         let trigger = Trigger {
-            id: id.clone(),
+            id: accepted.execution_id.clone(),
             kind: kind.to_string(),
             payload,
             attempt: 1,
-            seq,
+            seq: accepted.seq,
         };
         let send = {
             let mut q = self.queues.lock().expect("queues lock");
@@ -266,10 +262,7 @@ impl Dispatcher {
         if send {
             self.publish(flow_id, &trigger).await;
         }
-        Ok(Accepted {
-            execution_id: id,
-            seq,
-        })
+        Ok(accepted)
     }
 
     async fn publish(&self, flow_id: &str, trigger: &Trigger) {
@@ -281,7 +274,7 @@ impl Dispatcher {
 
     /// A ready pump listens: sends everything held for the flow, in arrival order.
     pub async fn open(&self, flow_id: &str) {
-        let lock = self.flow_lock(flow_id);
+        let lock = self.flow_locks.get(flow_id);
         let _guard = lock.lock().await;
         let now = now_ms();
         let held: Vec<Trigger> = {

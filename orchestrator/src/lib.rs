@@ -22,6 +22,7 @@ pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod dispatcher;
+pub mod flow_locks;
 pub mod leadership;
 pub mod manifest;
 pub mod store;

@@ -189,20 +189,7 @@ async fn stopping_a_flow_lets_its_pump_finish_the_trigger_in_hand(backend: Backe
     let (_, accepted) = app.webhook(&flow, &json!({})).await;
     let exec_id = accepted["execution_id"].as_str().unwrap().to_string();
     // Stop only once the pump is working on it, so the stop lands mid-execution.
-    let started = std::time::Instant::now();
-    loop {
-        let (_, e) = app
-            .get(&format!("/api/flows/{}/executions/{exec_id}", flow.id))
-            .await;
-        if e["status"] == "running" {
-            break;
-        }
-        assert!(
-            started.elapsed() < pumphouse_e2e::DEADLINE,
-            "never running: {e}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_execution_status(&flow, &exec_id, "running").await;
     let (code, _) = app.post(&format!("/api/flows/{}/stop", flow.id), "").await;
     assert_eq!(code, 200);
     let exec = app.wait_execution(&flow, &exec_id).await;

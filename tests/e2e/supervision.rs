@@ -119,21 +119,8 @@ async fn a_killed_orchestrator_restarted_adopts_its_pumps_removes_orphans_and_lo
     // In flight when the orchestrator dies: acknowledged, running, not finished.
     let (_, first) = app.webhook(&busy, &json!({"n": 1})).await;
     let (_, second) = app.webhook(&busy, &json!({"n": 2})).await;
-    let started = Instant::now();
-    loop {
-        let (_, e) = app
-            .get(&format!(
-                "/api/flows/{}/executions/{}",
-                busy.id,
-                first["execution_id"].as_str().unwrap()
-            ))
-            .await;
-        if e["status"] == "running" {
-            break;
-        }
-        assert!(started.elapsed() < DEADLINE, "never running: {e}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_execution_status(&busy, first["execution_id"].as_str().unwrap(), "running")
+        .await;
     app.kill_server();
 
     // A container that says it is ours but has no flow behind it.

@@ -262,17 +262,8 @@ async fn a_pump_killed_while_holding_a_trigger_hands_it_to_the_next_pump() {
     app.wait_status(&flow, "running").await;
     let (_, accepted) = app.webhook(&flow, &json!({})).await;
     let id = accepted["execution_id"].as_str().unwrap().to_string();
-    let started = Instant::now();
-    let first_instance = loop {
-        let (_, e) = app
-            .get(&format!("/api/flows/{}/executions/{id}", flow.id))
-            .await;
-        if e["status"] == "running" {
-            break app.container(&flow).await.unwrap().id.unwrap();
-        }
-        assert!(started.elapsed() < DEADLINE, "never running: {e}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    app.wait_execution_status(&flow, &id, "running").await;
+    let first_instance = app.container(&flow).await.unwrap().id.unwrap();
     let docker = pumphouse_e2e::docker().await;
     docker
         .kill_container(

@@ -765,6 +765,29 @@ impl TestApp {
         }
     }
 
+    /// Waits until an execution has `status` (`running`, say) and returns it.
+    pub async fn wait_execution_status(
+        &self,
+        flow: &TestFlow,
+        execution_id: &str,
+        status: &str,
+    ) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, e) = self
+                .get(&format!("/api/flows/{}/executions/{execution_id}", flow.id))
+                .await;
+            if e["status"] == status {
+                return e;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "execution {execution_id} never became {status}: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn executions(&self, flow: &TestFlow) -> Vec<Value> {
         let (code, v) = self
             .get(&format!("/api/flows/{}/executions", flow.id))

@@ -107,7 +107,7 @@ pub struct Supervisor {
     /// woken pump keeps its instance id).
     launches: Mutex<HashMap<String, u64>>,
     /// One lock per flow: reconciles and exit handling of a flow never overlap.
-    flow_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    flow_locks: crate::flow_locks::FlowLocks,
     /// The lease fence this replica leads under (0: none).
     fence: AtomicI64,
 }
@@ -128,7 +128,7 @@ impl Supervisor {
             deadlines: Mutex::new(reaper::Deadlines::default()),
             crashes: Mutex::new(HashMap::new()),
             launches: Mutex::new(HashMap::new()),
-            flow_locks: Mutex::new(HashMap::new()),
+            flow_locks: Default::default(),
             fence: AtomicI64::new(0),
         }
     }
@@ -559,7 +559,7 @@ impl Supervisor {
         let Some(instance_id) = instance_id else {
             return Ok(());
         };
-        let lock = self.flow_lock(&flow_id);
+        let lock = self.flow_locks.get(&flow_id);
         let _serial = lock.lock().await;
         let code_text = code.map_or("an unknown code".to_string(), |c| format!("code {c}"));
         let oom_text = if oom {

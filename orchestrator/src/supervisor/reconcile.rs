@@ -34,21 +34,12 @@ pub enum Step {
 }
 
 impl Supervisor {
-    pub(super) fn flow_lock(&self, flow_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.flow_locks
-            .lock()
-            .expect("flow locks")
-            .entry(flow_id.to_string())
-            .or_default()
-            .clone()
-    }
-
     /// One reconcile step for one flow (see the module's table).
     ///
     /// # Errors
     /// A store or backend failure; the step can simply be run again.
     pub async fn reconcile(self: &Arc<Self>, flow_id: &str) -> Result<Step, SupervisorError> {
-        let lock = self.flow_lock(flow_id);
+        let lock = self.flow_locks.get(flow_id);
         let _serial = lock.lock().await;
         let flow = self.store.get_flow(flow_id).await?;
         let pump = self.backend.inspect(flow_id).await?;
