@@ -72,7 +72,8 @@ pumphouse is up ($backend backend) with the flow "hello". Run it with its webhoo
 
   curl -s -X POST -H 'content-type: application/json' -d '{"name": "ada"}' $url
 
-then see what it did:
+The flow scales to zero after 30 s without work (\`flow ls\` shows it idle); the same curl
+line wakes it again. See what it did:
 
   $bin/pumphouse --api $PUMPHOUSE_API flow executions hello
   $bin/pumphouse --api $PUMPHOUSE_API flow logs hello
