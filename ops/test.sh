@@ -42,9 +42,12 @@ fi
 cargo fmt --all -- --check || die "cargo fmt --all -- --check failed; run cargo fmt --all"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# 5. Binaries (the process backend runs target/debug/pump) and the pump image.
+# 5. Alert rules: promtool checks them and runs their unit tests (installs prometheus).
+ops/check-alerts.sh
+
+# 6. Binaries (the process backend runs target/debug/pump) and the pump image.
 cargo build --workspace --bins --locked
 ops/build-images.sh
 
-# 6. The suite.
+# 7. The suite.
 cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -13,6 +13,7 @@ use crate::backend::{Backend, BackendError, BackendKind};
 use crate::bus::{self, Bus, BusError};
 use crate::dispatcher::Dispatcher;
 use crate::leadership::Leadership;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{PumpSettings, Supervisor, SupervisorError};
 
@@ -163,7 +164,8 @@ impl Application {
         let store = Store::connect(&config.store_url).await?;
         let bus = Bus::connect(&config.redis_url).await?;
         let backend = select_backend(&config).await?;
-        let dispatcher = Arc::new(Dispatcher::new(store.clone(), bus.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let dispatcher = Arc::new(Dispatcher::new(store.clone(), bus.clone(), metrics.clone()));
         let reloaded = dispatcher.load().await?;
         if reloaded > 0 {
             tracing::info!(reloaded, "re-sending triggers no pump has acknowledged yet");
@@ -185,6 +187,7 @@ impl Application {
                 resync_interval: config.resync_interval,
                 ..PumpSettings::new(&config.pump_image, &pump_redis)
             },
+            metrics.clone(),
         ));
         let replica = config.replica.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
@@ -226,6 +229,7 @@ impl Application {
             dispatcher,
             bus,
             leadership: leadership.clone(),
+            metrics,
             api_token: config.api_token.clone(),
             public_url: config
                 .public_url

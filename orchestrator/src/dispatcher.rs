@@ -15,7 +15,7 @@
 //! - The queue is rebuilt from the store on start-up, so a restart loses nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pumphouse_pump::Trigger;
@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::flow_locks::FlowLocks;
+use crate::metrics::Metrics;
 use crate::store::{now_ms, ExecutionRecord, NewExecution, Store, StoreError};
 
 const FIRST_RESEND_MS: i64 = 250;
@@ -31,6 +32,8 @@ const MAX_RESEND_MS: i64 = 2_000;
 
 struct Entry {
     trigger: Trigger,
+    /// When this replica accepted it (not known for triggers loaded from the store).
+    accepted_at: Option<std::time::Instant>,
     /// `None` while held: never sent to the current pump.
     next_send_at: Option<i64>,
     backoff_ms: i64,
@@ -67,14 +70,9 @@ impl Queues {
             .insert(seq, entry);
     }
 
-    fn remove(&mut self, execution_id: &str) -> bool {
-        let Some((flow_id, seq)) = self.index.remove(execution_id) else {
-            return false;
-        };
-        if let Some(q) = self.flows.get_mut(&flow_id) {
-            q.entries.remove(&seq);
-        }
-        true
+    fn remove(&mut self, execution_id: &str) -> Option<Entry> {
+        let (flow_id, seq) = self.index.remove(execution_id)?;
+        self.flows.get_mut(&flow_id)?.entries.remove(&seq)
     }
 }
 
@@ -95,6 +93,7 @@ pub struct Accepted {
 pub struct Dispatcher {
     store: Store,
     bus: Bus,
+    metrics: Arc<Metrics>,
     queues: Mutex<Queues>,
     /// Serializes record-and-send per flow, so sequence order is delivery order.
     flow_locks: FlowLocks,
@@ -118,14 +117,16 @@ fn entry_from(e: &ExecutionRecord) -> Entry {
         next_send_at: None,
         backoff_ms: FIRST_RESEND_MS,
         deadline_at: e.deadline_at,
+        accepted_at: None,
     }
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, bus: Bus) -> Dispatcher {
+    pub fn new(store: Store, bus: Bus, metrics: Arc<Metrics>) -> Dispatcher {
         Dispatcher {
             store,
             bus,
+            metrics,
             queues: Mutex::new(Queues::default()),
             flow_locks: FlowLocks::default(),
             waiters: Mutex::new(HashMap::new()),
@@ -255,6 +256,7 @@ impl Dispatcher {
                     next_send_at: open.then_some(now + FIRST_RESEND_MS),
                     backoff_ms: FIRST_RESEND_MS,
                     deadline_at,
+                    accepted_at: Some(std::time::Instant::now()),
                 },
             );
             open
@@ -310,10 +312,25 @@ impl Dispatcher {
 
     /// A pump has the trigger: stop sending it.
     pub fn acknowledged(&self, execution_id: &str) {
-        self.queues
+        let entry = self
+            .queues
             .lock()
             .expect("queues lock")
             .remove(execution_id);
+        if let Some(at) = entry.and_then(|e| e.accepted_at) {
+            self.metrics.delivery.observe(at.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Triggers waiting for an acknowledgement, by flow.
+    pub fn pending_by_flow(&self) -> Vec<(String, usize)> {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .flows
+            .iter()
+            .map(|(id, f)| (id.clone(), f.entries.len()))
+            .collect()
     }
 
     /// How many triggers wait for an acknowledgement, in all flows.
@@ -390,9 +407,21 @@ impl Dispatcher {
             }
             Outcome::Failed(e) => Err(e.as_str()),
         };
-        self.store
+        let finished = self
+            .store
             .finish_execution(execution_id, result, now_ms())
             .await?;
+        if let Some(flow_id) = finished {
+            let status = if matches!(outcome, Outcome::Completed(_)) {
+                "completed"
+            } else {
+                "failed"
+            };
+            self.metrics
+                .executions
+                .with_label_values(&[flow_id.as_str(), status])
+                .inc();
+        }
         let waiters = self
             .waiters
             .lock()

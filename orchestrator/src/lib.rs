@@ -25,6 +25,7 @@ pub mod dispatcher;
 pub mod flow_locks;
 pub mod leadership;
 pub mod manifest;
+pub mod metrics;
 pub mod store;
 pub mod supervisor;
 pub mod token;

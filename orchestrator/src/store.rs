@@ -637,28 +637,57 @@ impl Store {
         rows.iter().map(exec_from_row).collect()
     }
 
-    /// Finishes an execution unless it is finished already. Returns whether it changed.
+    /// Finishes an execution unless it is finished already. Returns its flow's id when it
+    /// changed, `None` when it had finished before (or does not exist).
     pub async fn finish_execution(
         &self,
         id: &str,
         outcome: std::result::Result<&str, &str>,
         at: i64,
-    ) -> Result<bool> {
+    ) -> Result<Option<String>> {
         let (status, output, error) = match outcome {
             Ok(output) => (exec_status::COMPLETED, Some(output), None),
             Err(error) => (exec_status::FAILED, None, Some(error)),
         };
-        let res = sqlx::query(
-            "UPDATE executions SET status = $2, output = $3, error_message = $4, completed_at = $5, started_at = COALESCE(started_at, $5) WHERE id = $1 AND status IN ('queued', 'running')",
+        let row = sqlx::query(
+            "UPDATE executions SET status = $2, output = $3, error_message = $4, completed_at = $5, started_at = COALESCE(started_at, $5) WHERE id = $1 AND status IN ('queued', 'running') RETURNING flow_id",
         )
         .bind(id)
         .bind(status)
         .bind(output)
         .bind(error)
         .bind(at)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(res.rows_affected() > 0)
+        row.map(|r| r.try_get("flow_id"))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// How many flows have each status.
+    pub async fn count_flows_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM flows GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Every flow's id, name and tenant.
+    pub async fn flow_names(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query("SELECT id, name, tenant_id FROM flows")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("name")?,
+                    r.try_get("tenant_id")?,
+                ))
+            })
+            .collect()
     }
 
     /// Takes the lease `name` for `holder`, or renews it, until `now + ttl_ms`. Returns the

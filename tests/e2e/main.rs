@@ -5,6 +5,7 @@ mod api;
 mod chaos;
 mod cli;
 mod flows;
+mod observability;
 mod replicas;
 mod store;
 mod supervision;

@@ -160,11 +160,13 @@ async fn store_suite(store: Store) {
     assert!(store
         .finish_execution(&e1.id, Ok(r#"{"ok":true}"#), now_ms())
         .await
-        .unwrap());
-    assert!(!store
+        .unwrap()
+        .is_some());
+    assert!(store
         .finish_execution(&e1.id, Err("late duplicate"), now_ms())
         .await
-        .unwrap());
+        .unwrap()
+        .is_none());
     let done = store.get_execution(&e1.id).await.unwrap().unwrap();
     assert_eq!(done.status, "completed");
     assert_eq!(done.output.as_deref(), Some(r#"{"ok":true}"#));
@@ -213,7 +215,8 @@ async fn store_suite(store: Store) {
     assert!(store
         .finish_execution(&e2.id, Err("deadline passed"), now_ms())
         .await
-        .unwrap());
+        .unwrap()
+        .is_some());
     let failed = store.get_execution(&e2.id).await.unwrap().unwrap();
     assert_eq!(
         (failed.status.as_str(), failed.error_message.as_deref()),

@@ -36,6 +36,7 @@ pub struct AppState {
     pub dispatcher: Arc<Dispatcher>,
     pub bus: crate::bus::Bus,
     pub leadership: Arc<crate::leadership::Leadership>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Required as a bearer token on the management routes when set.
     pub api_token: Option<String>,
     /// How users reach this server, for the webhook URLs it hands out.
@@ -71,6 +72,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .fallback(|| async {
             ApiError::NotFound("no such route; see the API sketch in README.md".into())
         })
@@ -93,6 +99,50 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     } else {
         ApiError::Unauthorized.into_response()
     }
+}
+
+/// Counts each request by its route template (never the raw path, which holds ids and tokens).
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .api_requests
+        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// The Prometheus text exposition; gauges that live in the store are read now.
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let m = &state.metrics;
+    m.flows.reset();
+    for (status, n) in state.store.count_flows_by_status().await? {
+        m.flows.with_label_values(&[status.as_str()]).set(n);
+    }
+    m.flow_info.reset();
+    for (id, name, tenant) in state.store.flow_names().await? {
+        m.flow_info
+            .with_label_values(&[id.as_str(), name.as_str(), tenant.as_str()])
+            .set(1);
+    }
+    // Only the leader queues triggers; elsewhere this is empty, and the leader's is the truth.
+    m.triggers_pending.reset();
+    for (flow, n) in state.dispatcher.pending_by_flow() {
+        m.triggers_pending
+            .with_label_values(&[flow.as_str()])
+            .set(n as i64);
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.render(),
+    )
+        .into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

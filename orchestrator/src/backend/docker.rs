@@ -356,6 +356,20 @@ impl Backend for DockerBackend {
         Ok(pumps)
     }
 
+    async fn memory(&self, flow_id: &str) -> Option<(i64, Option<i64>)> {
+        let opts = bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let name = self.container_name(flow_id);
+        let stats = self.docker.stats(&name, Some(opts)).next().await?.ok()?;
+        let mem = stats.memory_stats?;
+        let usage = mem.usage? as i64;
+        // Without a limit Docker reports the host's memory; only a real limit is a limit.
+        let limit = mem.limit.map(|l| l as i64).filter(|l| *l < (1 << 60));
+        Some((usage, limit))
+    }
+
     async fn logs(&self, flow_id: &str, tail: usize) -> Result<Vec<String>, BackendError> {
         let name = self.container_name(flow_id);
         let opts = LogsOptions {

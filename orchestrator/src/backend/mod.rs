@@ -199,6 +199,12 @@ pub trait Backend: Send + Sync {
     /// The last `tail` lines of the pump's output (stdout and stderr, interleaved).
     async fn logs(&self, flow_id: &str, tail: usize) -> Result<Vec<String>, BackendError>;
 
+    /// Memory the flow's pump uses now, and its limit if it has one, in bytes. `None` when the
+    /// pump is not running or the backend cannot tell.
+    async fn memory(&self, _flow_id: &str) -> Option<(i64, Option<i64>)> {
+        None
+    }
+
     /// Pump exits as they happen. Each call opens a new subscription.
     fn events(&self) -> BoxStream<'static, BackendEvent>;
 }

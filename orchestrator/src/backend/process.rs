@@ -228,6 +228,29 @@ impl Backend for ProcessBackend {
             .collect())
     }
 
+    async fn memory(&self, flow_id: &str) -> Option<(i64, Option<i64>)> {
+        let pid = {
+            let children = self.children.lock().expect("children lock");
+            let child = children.get(flow_id)?;
+            if child.exited.borrow().is_some() {
+                return None;
+            }
+            child.pid
+        };
+        // VmRSS in /proc/<pid>/status is in kB. No limit: this backend applies none.
+        let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))
+            .await
+            .ok()?;
+        let kb: i64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some((kb * 1024, None))
+    }
+
     async fn logs(&self, flow_id: &str, tail: usize) -> Result<Vec<String>, BackendError> {
         let children = self.children.lock().expect("children lock");
         Ok(children

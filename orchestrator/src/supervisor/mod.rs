@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::backend::{Backend, BackendError, BackendEvent, PumpSpec, PumpState};
 use crate::dispatcher::{Dispatcher, Outcome};
 use crate::manifest::{Manifest, ManifestError, DEFAULT_STOP_GRACE};
+use crate::metrics::Metrics;
 use crate::store::{self, now_ms, status, FlowRecord, Store, StoreError, Transition};
 
 /// Lines of pump log quoted in an error reason.
@@ -110,6 +111,9 @@ pub struct Supervisor {
     flow_locks: crate::flow_locks::FlowLocks,
     /// The lease fence this replica leads under (0: none).
     fence: AtomicI64,
+    metrics: Arc<Metrics>,
+    /// When each flow's current start or wake began, for the cold-start histogram.
+    launched_at: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Supervisor {
@@ -118,12 +122,15 @@ impl Supervisor {
         backend: Arc<dyn Backend>,
         dispatcher: Arc<Dispatcher>,
         settings: PumpSettings,
+        metrics: Arc<Metrics>,
     ) -> Supervisor {
         Supervisor {
             store,
             backend,
             dispatcher,
             settings,
+            metrics,
+            launched_at: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(reaper::Deadlines::default()),
             crashes: Mutex::new(HashMap::new()),
@@ -243,6 +250,7 @@ impl Supervisor {
             }
         };
         tracing::info!(flow_id, flow = %flow.name, "waking the flow for waiting triggers");
+        self.metrics.wakeups.with_label_values(&[flow_id]).inc();
         self.launch(&flow, &instance_id).await?;
         Ok(true)
     }
@@ -253,6 +261,20 @@ impl Supervisor {
         flow: &FlowRecord,
         instance_id: &str,
     ) -> Result<(), SupervisorError> {
+        // Crash series exist from the first start, at zero, so an alert sees the first crash
+        // as an increase.
+        self.metrics
+            .crashes
+            .with_label_values(&[flow.id.as_str()])
+            .inc_by(0);
+        self.metrics
+            .restarts
+            .with_label_values(&[flow.id.as_str()])
+            .inc_by(0);
+        self.launched_at
+            .lock()
+            .expect("launched lock")
+            .insert(flow.id.clone(), std::time::Instant::now());
         self.dispatcher.close(&flow.id);
         let manifest = match Manifest::parse(&flow.manifest) {
             Ok(m) => m,
@@ -438,6 +460,7 @@ impl Supervisor {
             return Ok(false);
         }
         tracing::info!(flow_id, flow = %flow.name, "scaling an idle flow to zero");
+        self.metrics.scale_downs.with_label_values(&[flow_id]).inc();
         self.forget(flow_id);
         self.backend.park(flow_id, stop_grace(&flow)).await?;
         // Whatever the pump could not finish within its grace period goes to the next pump; the
@@ -466,6 +489,14 @@ impl Supervisor {
                 t.only_instance = Some(&instance_id);
                 t.only_status = Some(status::STARTING);
                 if self.store.transition(&flow_id, t).await? {
+                    let launched = self
+                        .launched_at
+                        .lock()
+                        .expect("launched lock")
+                        .remove(&flow_id);
+                    if let Some(at) = launched {
+                        self.metrics.cold_start.observe(at.elapsed().as_secs_f64());
+                    }
                     self.became_running(&flow_id).await?;
                 }
             }
@@ -480,6 +511,7 @@ impl Supervisor {
                     let mut d = self.deadlines.lock().expect("deadlines lock");
                     d.touch(&flow_id, if in_flight > 0 { at } else { last_activity_ms });
                 }
+                self.metrics.pump_processed(&flow_id, processed);
                 self.heartbeats.lock().expect("heartbeats lock").insert(
                     flow_id,
                     Heartbeat {
@@ -593,6 +625,7 @@ impl Supervisor {
         }
         match flow.status.as_str() {
             status::STARTING => {
+                self.metrics.crashes.with_label_values(&[flow_id]).inc();
                 self.forget(flow_id);
                 let tail = self.log_tail(flow_id).await;
                 let reason = format!(
@@ -603,6 +636,7 @@ impl Supervisor {
                 self.fail_start(flow_id, instance_id, &reason).await?;
             }
             status::RUNNING => {
+                self.metrics.crashes.with_label_values(&[flow_id]).inc();
                 self.forget(flow_id);
                 self.crashed(&flow, instance_id, &how.replace("{when}", "unexpectedly"))
                     .await?;
@@ -662,6 +696,10 @@ impl Supervisor {
                 return;
             };
             if flow.instance_id.as_deref() == Some(&next) && flow.status == status::STARTING {
+                this.metrics
+                    .restarts
+                    .with_label_values(&[flow_id.as_str()])
+                    .inc();
                 if let Err(e) = this.launch(&flow, &next).await {
                     tracing::warn!(flow_id, error = %e, "restarting a crashed pump failed");
                 }
@@ -696,6 +734,29 @@ impl Supervisor {
         }
     }
 
+    /// Reads each running pump's memory into the metrics.
+    pub async fn sample_memory(&self) {
+        let Ok(pumps) = self.backend.list().await else {
+            return;
+        };
+        self.metrics.pump_memory.reset();
+        self.metrics.pump_memory_limit.reset();
+        for p in pumps.iter().filter(|p| p.state == PumpState::Running) {
+            if let Some((used, limit)) = self.backend.memory(&p.flow_id).await {
+                self.metrics
+                    .pump_memory
+                    .with_label_values(&[p.flow_id.as_str()])
+                    .set(used);
+                if let Some(limit) = limit {
+                    self.metrics
+                        .pump_memory_limit
+                        .with_label_values(&[p.flow_id.as_str()])
+                        .set(limit);
+                }
+            }
+        }
+    }
+
     /// The fence of the lease this replica leads under; `None` without a lease (SQLite).
     pub fn fence(&self) -> Option<i64> {
         match self.fence.load(Ordering::SeqCst) {
@@ -725,6 +786,18 @@ impl Supervisor {
                     }
                 })
                 .await
+            }
+        };
+        // Pump memory for the metrics, every 15 s: a Docker stats call per pump is not free.
+        let memory = {
+            let this = self.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(15));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    this.sample_memory().await;
+                }
             }
         };
         // A notification can be lost (Redis blip); the store cannot.
@@ -818,7 +891,8 @@ impl Supervisor {
             housekeeping,
             resync,
             accepted,
-            sweep
+            sweep,
+            memory
         );
     }
 }
