@@ -77,6 +77,9 @@ enum FlowCommand {
         name: String,
         #[arg(long, default_value_t = 100)]
         tail: usize,
+        /// Keep printing new lines as the pump writes them.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Show a flow's recent executions.
     Executions {
@@ -425,7 +428,20 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        FlowCommand::Logs { name, tail } => {
+        FlowCommand::Logs {
+            name,
+            tail,
+            follow: true,
+        } => {
+            client
+                .follow(
+                    &format!("/api/flows/{name}/logs?tail={tail}&follow=true"),
+                    |line| println!("{line}"),
+                )
+                .await?;
+            Ok(())
+        }
+        FlowCommand::Logs { name, tail, .. } => {
             let v = client
                 .get(&format!("/api/flows/{name}/logs?tail={tail}"))
                 .await?;

@@ -74,6 +74,45 @@ impl Client {
         }
     }
 
+    /// Reads a server-sent event stream, calling `on_data` with each event's data, until the
+    /// server ends it.
+    pub async fn follow(
+        &self,
+        path: &str,
+        mut on_data: impl FnMut(&str),
+    ) -> Result<(), ClientError> {
+        let mut req = self.http.get(format!("{}{path}", self.api));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let unreachable = |source| ClientError::Unreachable {
+            api: self.api.clone(),
+            source,
+        };
+        let mut resp = req.send().await.map_err(unreachable)?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.map_err(unreachable)?;
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            return Err(ClientError::Api { status, message });
+        }
+        let mut pending = String::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find('\n') {
+                let line = pending[..end].trim_end_matches('\r').to_string();
+                pending.drain(..=end);
+                if let Some(data) = line.strip_prefix("data:") {
+                    on_data(data.strip_prefix(' ').unwrap_or(data));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call(reqwest::Method::GET, path, None).await
     }

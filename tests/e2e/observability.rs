@@ -102,3 +102,121 @@ async fn metrics_count_flows_executions_requests_latency_and_pump_memory() {
         Some(64.0 * 1024.0 * 1024.0)
     );
 }
+
+/// Reads a server-sent event stream into a channel of data lines.
+fn follow(app: &TestApp, path: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let req = app.http.get(app.url(path));
+    tokio::spawn(async move {
+        let mut resp = req.send().await.expect("the follow request is answered");
+        assert_eq!(resp.status().as_u16(), 200);
+        let mut pending = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find('\n') {
+                let line = pending[..end].to_string();
+                pending.drain(..=end);
+                if let Some(data) = line.strip_prefix("data: ") {
+                    if tx.send(data.to_string()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `want`, failing at the deadline.
+async fn line_with(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) {
+    let deadline = tokio::time::Instant::now() + pumphouse_e2e::DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(line)) if line.contains(want) => return,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the log stream ended before `{want}`"),
+            Err(_) => panic!("no log line with `{want}` in time"),
+        }
+    }
+}
+
+async fn following_logs_shows_the_tail_then_new_lines(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let flow = app
+        .create_flow(&manifest(
+            "chatty",
+            "keepAlive: true\n",
+            "    - log: 'line {{payload.n}}'\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let mut lines = follow(
+        &app,
+        &format!("/api/flows/{}/logs?follow=true&tail=10", flow.id),
+    );
+    line_with(&mut lines, "subscribed to trigger:").await;
+    for n in 1..=2 {
+        app.post(
+            &format!("/api/triggers/{}/inject?wait=10s", flow.name),
+            &json!({"n": n}).to_string(),
+        )
+        .await;
+        line_with(&mut lines, &format!("line {n}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_logs_follow_as_server_sent_events() {
+    following_logs_shows_the_tail_then_new_lines(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_logs_follow_as_server_sent_events_and_in_the_cli() {
+    following_logs_shows_the_tail_then_new_lines(Backend::Process).await;
+
+    // The CLI's `flow logs -f` prints them as they come.
+    use tokio::io::AsyncBufReadExt as _;
+    let app = TestApp::spawn(Backend::Process).await;
+    let flow = app
+        .create_flow(&manifest(
+            "talker",
+            "keepAlive: true\n",
+            "    - log: 'said {{payload.n}}'\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let mut cli = tokio::process::Command::new(pumphouse_e2e::pumphouse_binary())
+        .args(["flow", "logs", "talker", "-f"])
+        .env("PUMPHOUSE_API", &app.base)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(cli.stdout.take().unwrap()).lines();
+    let deadline = tokio::time::Instant::now() + pumphouse_e2e::DEADLINE;
+    loop {
+        let line = tokio::time::timeout_at(deadline, out.next_line())
+            .await
+            .expect("the CLI printed in time")
+            .unwrap();
+        if line.is_some_and(|l| l.contains("subscribed to trigger:")) {
+            break;
+        }
+    }
+    app.post(
+        &format!("/api/triggers/{}/inject?wait=10s", flow.name),
+        r#"{"n": 7}"#,
+    )
+    .await;
+    loop {
+        let line = tokio::time::timeout_at(deadline, out.next_line())
+            .await
+            .expect("the CLI printed in time")
+            .unwrap();
+        if line.is_some_and(|l| l == "said 7") {
+            break;
+        }
+    }
+}

@@ -234,22 +234,35 @@ pub async fn status(
 #[derive(Debug, Deserialize)]
 pub struct TailQuery {
     tail: Option<usize>,
+    /// Keep the answer open and send new lines as server-sent events, after the tail.
+    #[serde(default)]
+    follow: bool,
 }
 
 pub async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<TailQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let flow = find_flow(&state, &id).await?;
     let tail = q.tail.unwrap_or(100).min(10_000);
+    if q.follow {
+        use axum::response::sse::{Event, KeepAlive, Sse};
+        use futures_util::StreamExt as _;
+        let lines = state.supervisor.backend().follow_logs(&flow.id, tail);
+        let events =
+            lines.map(|line| Ok::<_, std::convert::Infallible>(Event::default().data(line)));
+        return Ok(Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
     let lines = state
         .supervisor
         .backend()
         .logs(&flow.id, tail)
         .await
         .map_err(|e| ApiError::Backend(e.to_string()))?;
-    Ok(Json(json!({"flow_id": flow.id, "lines": lines})))
+    Ok(Json(json!({"flow_id": flow.id, "lines": lines})).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -356,6 +356,36 @@ impl Backend for DockerBackend {
         Ok(pumps)
     }
 
+    fn follow_logs(&self, flow_id: &str, tail: usize) -> BoxStream<'static, String> {
+        let opts = LogsOptions {
+            stdout: true,
+            stderr: true,
+            follow: true,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let frames = self.docker.logs(&self.container_name(flow_id), Some(opts));
+        // Frames are not lines: carry a partial line over to the next frame.
+        frames
+            .scan(String::new(), |partial, frame| {
+                let lines: Vec<String> = match frame {
+                    Ok(frame) => {
+                        partial.push_str(&String::from_utf8_lossy(&frame.into_bytes()));
+                        let mut done = Vec::new();
+                        while let Some(end) = partial.find('\n') {
+                            done.push(partial[..end].to_owned());
+                            partial.drain(..=end);
+                        }
+                        done
+                    }
+                    Err(_) => return futures_util::future::ready(None),
+                };
+                futures_util::future::ready(Some(stream::iter(lines)))
+            })
+            .flatten()
+            .boxed()
+    }
+
     async fn memory(&self, flow_id: &str) -> Option<(i64, Option<i64>)> {
         let opts = bollard::query_parameters::StatsOptions {
             stream: false,

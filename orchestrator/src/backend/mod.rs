@@ -199,6 +199,9 @@ pub trait Backend: Send + Sync {
     /// The last `tail` lines of the pump's output (stdout and stderr, interleaved).
     async fn logs(&self, flow_id: &str, tail: usize) -> Result<Vec<String>, BackendError>;
 
+    /// The last `tail` lines, then each new line as the pump writes it, until the pump ends.
+    fn follow_logs(&self, flow_id: &str, tail: usize) -> BoxStream<'static, String>;
+
     /// Memory the flow's pump uses now, and its limit if it has one, in bytes. `None` when the
     /// pump is not running or the backend cannot tell.
     async fn memory(&self, _flow_id: &str) -> Option<(i64, Option<i64>)> {

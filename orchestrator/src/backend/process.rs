@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::stream::BoxStream;
+use futures_util::stream::{BoxStream, StreamExt as _};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -34,6 +34,8 @@ struct Child {
     /// Set to `Some(exit)` when the process ends.
     exited: watch::Receiver<Option<PumpState>>,
     logs: Arc<Mutex<VecDeque<String>>>,
+    /// Each new line, for followers.
+    lines: broadcast::Sender<String>,
 }
 
 pub struct ProcessBackend {
@@ -155,12 +157,21 @@ impl Backend for ProcessBackend {
         })?;
         let pid = process.id().unwrap_or(0);
         let logs = Arc::new(Mutex::new(VecDeque::with_capacity(256)));
+        let (lines, _) = broadcast::channel(256);
         let mut readers = Vec::new();
         if let Some(out) = process.stdout.take() {
-            readers.push(tokio::spawn(collect(BufReader::new(out), logs.clone())));
+            readers.push(tokio::spawn(collect(
+                BufReader::new(out),
+                logs.clone(),
+                lines.clone(),
+            )));
         }
         if let Some(err) = process.stderr.take() {
-            readers.push(tokio::spawn(collect(BufReader::new(err), logs.clone())));
+            readers.push(tokio::spawn(collect(
+                BufReader::new(err),
+                logs.clone(),
+                lines.clone(),
+            )));
         }
         let (exit_tx, exit_rx) = watch::channel(None);
         let requested = Arc::new(AtomicBool::new(false));
@@ -195,6 +206,7 @@ impl Backend for ProcessBackend {
         let child = Child {
             instance_id: spec.instance_id.clone(),
             pid,
+            lines,
             requested,
             exited: exit_rx,
             logs,
@@ -226,6 +238,32 @@ impl Backend for ProcessBackend {
             .iter()
             .map(|(flow_id, c)| Self::status_of(flow_id, c))
             .collect())
+    }
+
+    fn follow_logs(&self, flow_id: &str, tail: usize) -> BoxStream<'static, String> {
+        let children = self.children.lock().expect("children lock");
+        let Some(child) = children.get(flow_id) else {
+            return Box::pin(futures_util::stream::empty());
+        };
+        let (first, rx) = {
+            let logs = child.logs.lock().expect("logs lock");
+            let first: Vec<String> = logs
+                .iter()
+                .skip(logs.len().saturating_sub(tail))
+                .cloned()
+                .collect();
+            (first, child.lines.subscribe())
+        };
+        let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(line) => Some((line, rx)),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Some((format!("[{n} lines skipped: the follower was too slow]"), rx))
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        Box::pin(futures_util::stream::iter(first).chain(rest))
     }
 
     async fn memory(&self, flow_id: &str) -> Option<(i64, Option<i64>)> {
@@ -291,6 +329,7 @@ fn minimal_env() -> BTreeMap<String, String> {
 async fn collect<R: tokio::io::AsyncBufRead + Unpin>(
     reader: R,
     logs: Arc<Mutex<VecDeque<String>>>,
+    followers: broadcast::Sender<String>,
 ) {
     let mut lines = reader.lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -298,6 +337,9 @@ async fn collect<R: tokio::io::AsyncBufRead + Unpin>(
         if logs.len() >= LOG_LINES {
             logs.pop_front();
         }
-        logs.push_back(line);
+        logs.push_back(line.clone());
+        // Sent under the buffer's lock, so a follower that took the tail under the same lock
+        // neither misses nor repeats a line.
+        let _ = followers.send(line);
     }
 }
