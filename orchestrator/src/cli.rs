@@ -25,6 +25,9 @@ struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     api: String,
+    /// `table` for people, `json` for scripts (the API's own answer).
+    #[arg(long, short = 'o', global = true, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
     /// API token, when the server requires one.
     #[arg(long, global = true, env = "PUMPHOUSE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -195,7 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.api, cli.token.clone());
     match cli.command {
         Command::Serve(args) => serve(*args).await,
-        Command::Flow(cmd) => flow(&client, cmd).await,
+        Command::Flow(cmd) => flow(&client, cmd, cli.output == "json").await,
         Command::Trigger { name, data } => {
             let body = match data {
                 Some(d) => {
@@ -283,7 +286,18 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
+/// `95_000` -> `1m ago`.
+fn ago(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         FlowCommand::Apply { file } => {
             let text = std::fs::read(&file)
@@ -338,13 +352,27 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
         }
         FlowCommand::Ls => {
             let flows = client.get("/api/flows").await?;
-            println!("{:<32} {:<9} {:<8} ID", "NAME", "STATUS", "DESIRED");
-            for f in flows.as_array().into_iter().flatten() {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+                return Ok(());
+            }
+            let list = flows.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no flows yet; create one with `pumphouse flow apply -f FLOW.yaml`");
+                return Ok(());
+            }
+            let now = crate::store::now_ms();
+            println!(
+                "{:<28} {:<9} {:<8} {:<14} ID",
+                "NAME", "STATUS", "DESIRED", "LAST ACTIVITY"
+            );
+            for f in list {
                 println!(
-                    "{:<32} {:<9} {:<8} {}",
+                    "{:<28} {:<9} {:<8} {:<14} {}",
                     f["name"].as_str().unwrap_or(""),
                     f["status"].as_str().unwrap_or(""),
                     f["desired_state"].as_str().unwrap_or(""),
+                    ago(now - f["last_activity_at"].as_i64().unwrap_or(now)),
                     f["id"].as_str().unwrap_or("")
                 );
             }
@@ -387,6 +415,10 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
         }
         FlowCommand::Status { name } => {
             let s = client.get(&format!("/api/flows/{name}/status")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(());
+            }
             println!(
                 "flow:     {} ({})",
                 s["name"].as_str().unwrap_or(""),
@@ -454,6 +486,10 @@ async fn flow(client: &Client, cmd: FlowCommand) -> anyhow::Result<()> {
             let v = client
                 .get(&format!("/api/flows/{name}/executions?limit={limit}"))
                 .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             println!(
                 "{:<36} {:<8} {:<9} {:>8} OUTPUT/ERROR",
                 "ID", "TRIGGER", "STATUS", "MS"

@@ -10,6 +10,7 @@
 //! - An execution that finished (`completed` or `failed`) never changes again, so a duplicate
 //!   report from a pump cannot overwrite the first outcome.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -662,6 +663,19 @@ impl Store {
         row.map(|r| r.try_get("flow_id"))
             .transpose()
             .map_err(Into::into)
+    }
+
+    /// Each flow's latest trigger time, for flows that had one.
+    pub async fn last_triggers(&self, tenant_id: &str) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query(
+            "SELECT e.flow_id AS flow_id, MAX(e.received_at) AS at FROM executions e JOIN flows f ON f.id = e.flow_id WHERE f.tenant_id = $1 GROUP BY e.flow_id",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("flow_id")?, r.try_get("at")?)))
+            .collect()
     }
 
     /// How many flows have each status.

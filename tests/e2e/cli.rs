@@ -49,6 +49,17 @@ async fn the_cli_applies_starts_triggers_and_stops_a_flow() {
         ok && out.contains("cli-flow") && out.contains("running"),
         "{out}"
     );
+    assert!(
+        out.contains("LAST ACTIVITY") && out.contains("s ago"),
+        "a table with last activity: {out}"
+    );
+    let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["flow", "ls", "-o", "json"]));
+    let flows: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|_| panic!("JSON: {out}"));
+    assert!(
+        ok && flows[0]["name"] == "cli-flow" && flows[0]["last_activity_at"].is_i64(),
+        "{out}"
+    );
 
     let (ok, out) = tokio::task::block_in_place(|| {
         cli(&app, &["trigger", "cli-flow", "--data", r#"{"x": 42}"#])

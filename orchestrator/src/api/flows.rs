@@ -25,6 +25,8 @@ pub struct FlowSummary {
     pub keep_alive: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The later of the last state change and the last trigger (Unix milliseconds).
+    pub last_activity_at: i64,
 }
 
 impl From<&FlowRecord> for FlowSummary {
@@ -39,6 +41,7 @@ impl From<&FlowRecord> for FlowSummary {
             keep_alive: f.keep_alive,
             created_at: f.created_at,
             updated_at: f.updated_at,
+            last_activity_at: f.updated_at,
         }
     }
 }
@@ -99,7 +102,19 @@ fn manifest_text(body: &Bytes) -> Result<&str, ApiError> {
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FlowSummary>>, ApiError> {
     let flows = state.store.list_flows(DEFAULT_TENANT).await?;
-    Ok(Json(flows.iter().map(FlowSummary::from).collect()))
+    let last = state.store.last_triggers(DEFAULT_TENANT).await?;
+    Ok(Json(
+        flows
+            .iter()
+            .map(|f| {
+                let mut s = FlowSummary::from(f);
+                s.last_activity_at = s
+                    .last_activity_at
+                    .max(last.get(&f.id).copied().unwrap_or(0));
+                s
+            })
+            .collect(),
+    ))
 }
 
 pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
