@@ -257,9 +257,10 @@ impl Backend for ProcessBackend {
         let rest = futures_util::stream::unfold(rx, |mut rx| async move {
             match rx.recv().await {
                 Ok(line) => Some((line, rx)),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    Some((format!("[{n} lines skipped: the follower was too slow]"), rx))
-                }
+                Err(broadcast::error::RecvError::Lagged(n)) => Some((
+                    format!("[{n} lines skipped: the follower was too slow]"),
+                    rx,
+                )),
                 Err(broadcast::error::RecvError::Closed) => None,
             }
         });
