@@ -157,8 +157,11 @@ done
 mkdir -m 1777 "$context/rootfs/tmp"
 cp "$repo/images/orchestrator.Dockerfile" "$context/Dockerfile"
 say "building $orchestrator_image from $binary and $(wc -w <<<"$libs") libraries"
-DOCKER_BUILDKIT=0 docker build --quiet -t "$orchestrator_image" "$context" >/dev/null \
-    || die "docker build of $orchestrator_image failed"
+if ! DOCKER_BUILDKIT=0 docker build -t "$orchestrator_image" "$context" >"$context.log" 2>&1; then
+    tail -n 30 "$context.log" >&2
+    die "docker build of $orchestrator_image failed (full log: $context.log)"
+fi
+rm -f "$context.log"
 rm -rf "$context"
 trap - EXIT
 built+=("$orchestrator_image")

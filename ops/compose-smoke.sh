@@ -85,6 +85,7 @@ diagnostics() {
 teardown() {
     local rc=$?
     trap - EXIT INT TERM
+    rm -f "/tmp/compose-smoke-readyz.$$"
     set +e
     if [[ $rc -ne 0 ]]; then diagnostics; fi
     say "tearing down"

@@ -15,6 +15,8 @@ missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v redis-server >/dev/null || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v docker-compose >/dev/null || missing+=(docker-compose)   # the compose smoke test
+command -v debootstrap >/dev/null || missing+=(debootstrap)         # its Redis/PostgreSQL images
 if ((${#missing[@]})); then
     [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}"
     say "installing ${missing[*]}"
@@ -51,3 +53,6 @@ ops/build-images.sh
 
 # 7. The suite.
 cargo nextest run --workspace --locked --no-fail-fast "$@"
+
+# 8. The docker compose stack, built from local images, brought up, sent a webhook, torn down.
+ops/compose-smoke.sh
