@@ -110,7 +110,7 @@ pub struct NewExecution {
     pub deadline_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FlowEvent {
     pub at: i64,
     pub from_status: Option<String>,

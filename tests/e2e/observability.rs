@@ -220,3 +220,88 @@ async fn process_logs_follow_as_server_sent_events_and_in_the_cli() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_covers_every_route_with_its_bodies() {
+    let app = TestApp::spawn(Backend::Process).await;
+    let (code, doc) = app.get("/openapi.json").await;
+    assert_eq!(code, 200);
+    let routes = [
+        ("/api/flows", "get"),
+        ("/api/flows", "post"),
+        ("/api/flows/{id}", "get"),
+        ("/api/flows/{id}", "put"),
+        ("/api/flows/{id}", "delete"),
+        ("/api/flows/{id}/start", "post"),
+        ("/api/flows/{id}/stop", "post"),
+        ("/api/flows/{id}/status", "get"),
+        ("/api/flows/{id}/logs", "get"),
+        ("/api/flows/{id}/executions", "get"),
+        ("/api/flows/{id}/executions/{execution_id}", "get"),
+        ("/api/triggers/{flow_id}/webhook/{token}", "post"),
+        ("/api/triggers/{flow_id}/inject", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ];
+    for (path, method) in routes {
+        let op = &doc["paths"][path][method];
+        assert!(
+            op.is_object(),
+            "{method} {path} is missing from the document"
+        );
+        assert!(
+            op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+            "{method} {path} has no responses"
+        );
+        // The route really exists: anything but the router's own fallback.
+        let resp = app
+            .http
+            .request(
+                method.parse().unwrap(),
+                app.url(&path.replace('{', "x").replace('}', "x")),
+            )
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        assert!(
+            !body["error"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("no such route"),
+            "{method} {path} is not served"
+        );
+    }
+    let paths = doc["paths"].as_object().unwrap().len();
+    assert_eq!(
+        paths,
+        routes
+            .iter()
+            .map(|(p, _)| p)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        "no route documented that the server lacks"
+    );
+    for schema in [
+        "FlowSummary",
+        "FlowDetail",
+        "CreatedFlow",
+        "ExecutionView",
+        "TriggerAnswer",
+        "ErrorBody",
+        "FlowStatus",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "schema {schema}"
+        );
+    }
+    let create = &doc["paths"]["/api/flows"]["post"];
+    assert!(
+        create["requestBody"]["content"]["application/yaml"].is_object(),
+        "{create:#}"
+    );
+    assert!(create["responses"]["422"].is_object());
+}

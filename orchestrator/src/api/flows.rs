@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::{find_flow, ApiError, AppState, DEFAULT_TENANT};
 use crate::manifest::{Manifest, ManifestError};
@@ -14,7 +13,7 @@ use crate::store::{now_ms, status, ExecutionRecord, FlowRecord};
 use crate::token;
 
 /// A flow as listed: everything but the manifest.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FlowSummary {
     pub id: String,
     pub name: String,
@@ -47,7 +46,7 @@ impl From<&FlowRecord> for FlowSummary {
 }
 
 /// An execution as shown: payload and output as JSON, not strings.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ExecutionView {
     pub id: String,
     pub flow_id: String,
@@ -100,6 +99,8 @@ fn manifest_text(body: &Bytes) -> Result<&str, ApiError> {
     })
 }
 
+#[utoipa::path(get, path = "/api/flows", tag = "flows",
+    responses((status = 200, body = [FlowSummary])))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FlowSummary>>, ApiError> {
     let flows = state.store.list_flows(DEFAULT_TENANT).await?;
     let last = state.store.last_triggers(DEFAULT_TENANT).await?;
@@ -117,6 +118,11 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FlowSummary>
     ))
 }
 
+#[utoipa::path(post, path = "/api/flows", tag = "flows",
+    request_body(content = String, content_type = "application/yaml", description = "the flow manifest"),
+    responses((status = 201, body = CreatedFlow),
+        (status = 409, body = super::ErrorBody, description = "a flow of that name exists"),
+        (status = 422, body = super::ErrorBody, description = "the manifest is invalid; `field`, `line` and `column` say where")))]
 pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let text = manifest_text(&body)?;
     let manifest = Manifest::parse(text).map_err(ApiError::Manifest)?;
@@ -150,30 +156,72 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
         flow.id,
         webhook_token
     );
-    let body = json!({
-        "flow": FlowSummary::from(&flow),
-        "webhook_token": webhook_token,
-        "webhook_url": webhook_url,
-        "note": "the webhook token is shown only now; store it",
-    });
+    let body = CreatedFlow {
+        flow: FlowSummary::from(&flow),
+        webhook_token,
+        webhook_url,
+        note: "the webhook token is shown only now; store it".into(),
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// A new flow, with its webhook token: the only time the token is shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedFlow {
+    pub flow: FlowSummary,
+    pub webhook_token: String,
+    pub webhook_url: String,
+    pub note: String,
+}
+
+/// One flow with its manifest.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FlowDetail {
+    #[serde(flatten)]
+    pub flow: FlowSummary,
+    /// The manifest YAML as applied.
+    pub manifest: String,
+}
+
+/// The flow after an update.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UpdatedFlow {
+    pub flow: FlowSummary,
+    /// The pump runs the old manifest until the flow is stopped and started again.
+    pub restart_required: bool,
+    pub note: String,
+}
+
+/// The last lines of a pump's log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LogLines {
+    pub flow_id: String,
+    pub lines: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/flows/{id}", tag = "flows",
+    params(("id" = String, Path, description = "the flow's id or name")),
+    responses((status = 200, body = FlowDetail), (status = 404, body = super::ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<FlowDetail>, ApiError> {
     let flow = find_flow(&state, &id).await?;
-    let mut body = serde_json::to_value(FlowSummary::from(&flow)).expect("summaries serialize");
-    body["manifest"] = json!(flow.manifest);
-    Ok(Json(body))
+    Ok(Json(FlowDetail {
+        flow: FlowSummary::from(&flow),
+        manifest: flow.manifest,
+    }))
 }
 
+#[utoipa::path(put, path = "/api/flows/{id}", tag = "flows",
+    params(("id" = String, Path, description = "the flow's id or name")),
+    request_body(content = String, content_type = "application/yaml", description = "the new manifest; same name"),
+    responses((status = 200, body = UpdatedFlow), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<UpdatedFlow>, ApiError> {
     let flow = find_flow(&state, &id).await?;
     let text = manifest_text(&body)?;
     let manifest = Manifest::parse(text).map_err(ApiError::Manifest)?;
@@ -195,13 +243,21 @@ pub async fn update(
         .await?;
     let updated = find_flow(&state, &flow.id).await?;
     let restart_required = matches!(flow.status.as_str(), status::RUNNING | status::STARTING);
-    Ok(Json(json!({
-        "flow": FlowSummary::from(&updated),
-        "restart_required": restart_required,
-        "note": if restart_required { "the running pump keeps its old manifest until the flow is stopped and started again" } else { "" },
-    })))
+    Ok(Json(UpdatedFlow {
+        flow: FlowSummary::from(&updated),
+        restart_required,
+        note: if restart_required {
+            "the running pump keeps its old manifest until the flow is stopped and started again"
+        } else {
+            ""
+        }
+        .into(),
+    }))
 }
 
+#[utoipa::path(delete, path = "/api/flows/{id}", tag = "flows",
+    params(("id" = String, Path, description = "the flow's id or name")),
+    responses((status = 204, description = "stopped and deleted with its history"), (status = 404, body = super::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -212,6 +268,11 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/flows/{id}/start", tag = "flows",
+    params(("id" = String, Path, description = "the flow's id or name")),
+    responses((status = 202, body = FlowSummary, description = "starting; `running` once the pump reports ready"),
+        (status = 200, body = FlowSummary, description = "already starting or running"),
+        (status = 404, body = super::ErrorBody), (status = 502, body = super::ErrorBody, description = "the backend could not start the pump")))]
 pub async fn start(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -227,6 +288,9 @@ pub async fn start(
     Ok((StatusCode::ACCEPTED, Json(FlowSummary::from(&flow))).into_response())
 }
 
+#[utoipa::path(post, path = "/api/flows/{id}/stop", tag = "flows",
+    params(("id" = String, Path, description = "the flow's id or name")),
+    responses((status = 200, body = FlowSummary), (status = 404, body = super::ErrorBody)))]
 pub async fn stop(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -237,6 +301,9 @@ pub async fn stop(
     Ok(Json(FlowSummary::from(&flow)))
 }
 
+#[utoipa::path(get, path = "/api/flows/{id}/status", tag = "flows",
+    params(("id" = String, Path, description = "the flow's id or name")),
+    responses((status = 200, body = crate::supervisor::FlowStatus), (status = 404, body = super::ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -254,6 +321,12 @@ pub struct TailQuery {
     follow: bool,
 }
 
+#[utoipa::path(get, path = "/api/flows/{id}/logs", tag = "flows",
+    params(("id" = String, Path, description = "the flow's id or name"),
+        ("tail" = Option<usize>, Query, description = "lines from the end (100; at most 10000)"),
+        ("follow" = Option<bool>, Query, description = "keep sending new lines as server-sent events")),
+    responses((status = 200, body = LogLines, description = "JSON, or `text/event-stream` with `follow=true`"),
+        (status = 404, body = super::ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -277,7 +350,11 @@ pub async fn logs(
         .logs(&flow.id, tail)
         .await
         .map_err(|e| ApiError::Backend(e.to_string()))?;
-    Ok(Json(json!({"flow_id": flow.id, "lines": lines})).into_response())
+    Ok(Json(LogLines {
+        flow_id: flow.id,
+        lines,
+    })
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,6 +362,10 @@ pub struct LimitQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/flows/{id}/executions", tag = "executions",
+    params(("id" = String, Path, description = "the flow's id or name"),
+        ("limit" = Option<i64>, Query, description = "how many, newest first (50; at most 1000)")),
+    responses((status = 200, body = [ExecutionView]), (status = 404, body = super::ErrorBody)))]
 pub async fn executions(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -296,6 +377,9 @@ pub async fn executions(
     Ok(Json(rows.into_iter().map(ExecutionView::from).collect()))
 }
 
+#[utoipa::path(get, path = "/api/flows/{id}/executions/{execution_id}", tag = "executions",
+    params(("id" = String, Path, description = "the flow's id or name"), ("execution_id" = String, Path)),
+    responses((status = 200, body = ExecutionView), (status = 404, body = super::ErrorBody)))]
 pub async fn execution(
     State(state): State<AppState>,
     Path((id, execution_id)): Path<(String, String)>,

@@ -4,6 +4,7 @@
 //! `line` and `column` for a manifest problem.
 
 mod flows;
+mod openapi;
 mod triggers;
 
 use std::sync::Arc;
@@ -70,9 +71,10 @@ pub fn router(state: AppState) -> Router {
             "/api/triggers/{flow_id}/webhook/{token}",
             post(triggers::webhook),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -101,6 +103,13 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     }
 }
 
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
 /// Counts each request by its route template (never the raw path, which holds ids and tokens).
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
@@ -119,6 +128,8 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
 }
 
 /// The Prometheus text exposition; gauges that live in the store are read now.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String, description = "Prometheus text format")))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let m = &state.metrics;
     m.flows.reset();
@@ -145,6 +156,10 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+/// Whether the store, Redis and the backend answer, each named; and this replica's role.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = serde_json::Value, description = "ready"),
+        (status = 503, body = serde_json::Value, description = "not ready: the failing part says why")))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await.map_err(|e| e.to_string());
     let redis = state.bus.ping().await.map_err(|e| e.to_string());
@@ -189,6 +204,20 @@ async fn find_flow(state: &AppState, key: &str) -> Result<FlowRecord, ApiError> 
                 "no flow `{key}`; list flows with `pumphouse flow ls`"
             ))
         })
+}
+
+/// Every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What happened and what to do about it.
+    pub error: String,
+    /// For a manifest problem: the field at fault (`resources.memory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,13 +276,18 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let body = match &self {
-            ApiError::Manifest(m) => json!({
-                "error": m.message,
-                "field": m.field,
-                "line": m.line,
-                "column": m.column,
-            }),
-            other => json!({"error": other.to_string()}),
+            ApiError::Manifest(m) => ErrorBody {
+                error: m.message.clone(),
+                field: m.field.clone(),
+                line: m.line,
+                column: m.column,
+            },
+            other => ErrorBody {
+                error: other.to_string(),
+                field: None,
+                line: None,
+                column: None,
+            },
         };
         (code, Json(body)).into_response()
     }

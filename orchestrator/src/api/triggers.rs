@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use serde::Deserialize;
 
@@ -46,6 +45,18 @@ impl WaitQuery {
     }
 }
 
+#[utoipa::path(post, path = "/api/triggers/{flow_id}/webhook/{token}", tag = "triggers",
+    params(("flow_id" = String, Path, description = "the flow's id"),
+        ("token" = String, Path, description = "the webhook token shown when the flow was created"),
+        ("wait" = Option<String>, Query, description = "wait this long for the pump's result, like `5s` (at most 300s)")),
+    request_body(content = serde_json::Value, description = "any JSON (or UTF-8 text) becomes the trigger's payload"),
+    responses((status = 202, body = TriggerAnswer, description = "recorded; it will run"),
+        (status = 200, body = TriggerAnswer, description = "with `wait`: the pump's result"),
+        (status = 502, body = TriggerAnswer, description = "with `wait`: the execution failed"),
+        (status = 504, body = TriggerAnswer, description = "with `wait`: no result in time; it goes on"),
+        (status = 404, body = super::ErrorBody, description = "no webhook matches (wrong flow or token)"),
+        (status = 409, body = super::ErrorBody, description = "the flow is stopped or in error"),
+        (status = 413, description = "the body is over 1 MiB")))]
 pub async fn webhook(
     State(state): State<AppState>,
     Path((flow_id, given)): Path<(String, String)>,
@@ -66,6 +77,13 @@ pub async fn webhook(
     accept(&state, &flow, "webhook", &body, wait.duration()?).await
 }
 
+#[utoipa::path(post, path = "/api/triggers/{flow_id}/inject", tag = "triggers",
+    params(("flow_id" = String, Path, description = "the flow's id or name"),
+        ("wait" = Option<String>, Query, description = "wait this long for the pump's result, like `5s`")),
+    request_body(content = serde_json::Value, description = "the trigger's payload"),
+    responses((status = 202, body = TriggerAnswer), (status = 200, body = TriggerAnswer),
+        (status = 502, body = TriggerAnswer), (status = 504, body = TriggerAnswer),
+        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 pub async fn inject(
     State(state): State<AppState>,
     Path(flow_id): Path<String>,
@@ -145,39 +163,53 @@ async fn accept(
         state.supervisor.wake(&flow.id).await?;
     }
     let Some(wait) = wait else {
-        let body = json!({
-            "execution_id": accepted.execution_id,
-            "flow_id": flow.id,
-            "status": "queued",
-        });
+        let body = TriggerAnswer {
+            execution_id: accepted.execution_id,
+            flow_id: flow.id.clone(),
+            status: "queued".into(),
+            output: None,
+            error: None,
+        };
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     };
     let outcome = state.dispatcher.wait(&accepted.execution_id, wait).await?;
-    let id = accepted.execution_id;
-    Ok(match outcome {
-        Some(Outcome::Completed(output)) => (
-            StatusCode::OK,
-            Json(json!({"execution_id": id, "status": "completed", "output": output})),
-        )
-            .into_response(),
-        Some(Outcome::Failed(error)) => (
-            StatusCode::BAD_GATEWAY,
-            Json(json!({"execution_id": id, "status": "failed", "error": error})),
-        )
-            .into_response(),
+    let answer = |status: &str, output, error| TriggerAnswer {
+        execution_id: accepted.execution_id.clone(),
+        flow_id: flow.id.clone(),
+        status: status.into(),
+        output,
+        error,
+    };
+    let (code, body) = match outcome {
+        Some(Outcome::Completed(output)) => (StatusCode::OK, answer("completed", Some(output), None)),
+        Some(Outcome::Failed(error)) => (StatusCode::BAD_GATEWAY, answer("failed", None, Some(error))),
         None => (
             StatusCode::GATEWAY_TIMEOUT,
-            Json(json!({
-                "execution_id": id,
-                "status": "pending",
-                "error": format!(
-                    "no result within {wait:?}; the execution goes on: GET /api/flows/{}/executions/{id}",
-                    flow.id
-                ),
-            })),
-        )
-            .into_response(),
-    })
+            answer(
+                "pending",
+                None,
+                Some(format!(
+                    "no result within {wait:?}; the execution goes on: GET /api/flows/{}/executions/{}",
+                    flow.id, accepted.execution_id
+                )),
+            ),
+        ),
+    };
+    Ok((code, Json(body)).into_response())
+}
+
+/// What a trigger route answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TriggerAnswer {
+    pub execution_id: String,
+    pub flow_id: String,
+    /// `queued` (202), `completed` (200), `failed` (502) or `pending` (504: `?wait` ran out).
+    pub status: String,
+    /// The pump's `respond` result, with `?wait` and `completed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

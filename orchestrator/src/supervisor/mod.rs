@@ -86,7 +86,7 @@ pub enum SupervisorError {
 }
 
 /// The last heartbeat of a flow's pump.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Heartbeat {
     pub instance_id: String,
     pub received_at: i64,
@@ -918,7 +918,7 @@ fn human_ms(ms: i64) -> String {
 }
 
 /// The status of a flow as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FlowStatus {
     pub id: String,
     pub name: String,
@@ -931,7 +931,7 @@ pub struct FlowStatus {
     pub events: Vec<store::FlowEvent>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PumpView {
     pub pump_ref: String,
     pub instance_id: Option<String>,

@@ -1,0 +1,60 @@
+//! The OpenAPI document, generated from the handlers' own annotations and served at
+//! `/openapi.json`.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::flows::{CreatedFlow, ExecutionView, FlowDetail, FlowSummary, LogLines, UpdatedFlow};
+use super::triggers::TriggerAnswer;
+use super::ErrorBody;
+use crate::store::FlowEvent;
+use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pumphouse",
+        description = "Per-flow container orchestrator. Management routes need `Authorization: Bearer <token>` when the server has --api-token; the webhook route is authenticated by its token.",
+    ),
+    paths(
+        super::flows::list,
+        super::flows::create,
+        super::flows::show,
+        super::flows::update,
+        super::flows::delete,
+        super::flows::start,
+        super::flows::stop,
+        super::flows::status,
+        super::flows::logs,
+        super::flows::executions,
+        super::flows::execution,
+        super::triggers::webhook,
+        super::triggers::inject,
+        super::healthz,
+        super::readyz,
+        super::metrics,
+        document,
+    ),
+    components(schemas(
+        FlowSummary,
+        FlowDetail,
+        CreatedFlow,
+        UpdatedFlow,
+        LogLines,
+        ExecutionView,
+        TriggerAnswer,
+        ErrorBody,
+        FlowStatus,
+        PumpView,
+        Heartbeat,
+        FlowEvent
+    ))
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, body = serde_json::Value, description = "OpenAPI 3.1")))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
