@@ -24,6 +24,8 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The packages start their own services on the default ports; the tests start private ones.
+# Chromium, for the status page test (headless, loopback only).
+ops/install-chromium.sh
 
 # 2. The Docker engine.
 if ! docker info >/dev/null 2>&1; then

@@ -5,6 +5,7 @@
 
 mod flows;
 mod openapi;
+mod status_page;
 mod triggers;
 
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub fn router(state: AppState) -> Router {
             get(flows::execution),
         )
         .route("/api/triggers/{flow_id}/inject", post(triggers::inject))
+        // Behind the token: it shows flow names and pump errors, which may carry payload data.
+        .route("/status", get(status_page::page))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

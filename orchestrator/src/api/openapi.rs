@@ -33,6 +33,7 @@ use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
         super::healthz,
         super::readyz,
         super::metrics,
+        super::status_page::page,
         document,
     ),
     components(schemas(
