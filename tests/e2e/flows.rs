@@ -209,3 +209,55 @@ async fn docker_stop_lets_the_pump_finish_the_trigger_in_hand() {
 async fn process_stop_lets_the_pump_finish_the_trigger_in_hand() {
     stopping_a_flow_lets_its_pump_finish_the_trigger_in_hand(Backend::Process).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_pumps_run_hardened_without_the_docker_socket() {
+    let app = TestApp::spawn(Backend::Docker).await;
+    let flow = app
+        .create_flow(&manifest(
+            "locked",
+            "resources: {memory: 32Mi, cpu: 250m}\n",
+            "    - respond: ok\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let c = app.container(&flow).await.unwrap();
+    let config = c.config.unwrap();
+    assert_eq!(config.user.as_deref(), Some("65534:65534"), "not root");
+    let host = c.host_config.unwrap();
+    assert_eq!(
+        host.readonly_rootfs,
+        Some(true),
+        "read-only root filesystem"
+    );
+    assert_eq!(
+        host.cap_drop,
+        Some(vec!["ALL".to_string()]),
+        "every capability dropped"
+    );
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_string()])
+    );
+    assert_eq!(host.pids_limit, Some(256));
+    assert_eq!(host.memory, Some(32 * 1024 * 1024));
+    assert_eq!(
+        host.memory_swap,
+        Some(32 * 1024 * 1024),
+        "no swap beyond the limit"
+    );
+    assert_eq!(host.nano_cpus, Some(250_000_000));
+    assert_ne!(host.privileged, Some(true));
+    let mounts = c.mounts.unwrap_or_default();
+    assert!(
+        !mounts
+            .iter()
+            .any(|m| m.source.as_deref().unwrap_or("").contains("docker.sock")),
+        "never the Docker socket: {mounts:?}"
+    );
+    assert!(
+        host.binds.unwrap_or_default().is_empty(),
+        "no host paths at all"
+    );
+}
