@@ -92,6 +92,8 @@ enum FlowCommand {
     },
     /// Delete a flow, stopping its pump.
     Rm { name: String },
+    /// Give a flow a new webhook token; the old one stops working at once.
+    RotateToken { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -512,6 +514,18 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                     detail
                 );
             }
+            Ok(())
+        }
+        FlowCommand::RotateToken { name } => {
+            let v = client
+                .post(&format!("/api/flows/{name}/webhook-token"))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("new webhook URL for {name} (shown only now; the old one no longer works):");
+            println!("  {}", v["webhook_url"].as_str().unwrap_or("?"));
             Ok(())
         }
         FlowCommand::Rm { name } => {

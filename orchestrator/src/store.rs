@@ -425,6 +425,38 @@ impl Store {
         Ok(true)
     }
 
+    /// Replaces a flow's webhook token hash, recording the rotation as a flow event. The old
+    /// token stops working with this commit.
+    pub async fn rotate_webhook_token(&self, id: &str, hash: &str, actor: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res =
+            sqlx::query("UPDATE flows SET webhook_token_hash = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(hash)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let status: String = sqlx::query("SELECT status FROM flows WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("status")?;
+        insert_event(
+            &mut tx,
+            id,
+            Some(&status),
+            &status,
+            "webhook token rotated",
+            actor,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Records what names the pump in its backend, if the flow still runs `instance_id`.
     pub async fn set_pump_ref(&self, id: &str, instance_id: &str, pump_ref: &str) -> Result<()> {
         sqlx::query("UPDATE flows SET pump_ref = $3 WHERE id = $1 AND instance_id = $2")

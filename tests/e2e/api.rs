@@ -112,3 +112,49 @@ async fn with_an_api_token_the_management_routes_refuse_anonymous_calls() {
     let (code, _) = app.get("/healthz").await;
     assert_eq!(code, 200, "health stays open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_webhook_token_works_at_once_and_the_old_one_is_refused() {
+    let app = TestApp::spawn(Backend::Process).await;
+    let mut flow = app
+        .create_flow(&manifest(
+            "rotating",
+            "keepAlive: true\n",
+            "    - respond: ok\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let old = flow.token.clone();
+    let (code, body) = app
+        .post(&format!("/api/flows/{}/webhook-token", flow.name), "")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let new = body["webhook_token"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert!(body["webhook_url"].as_str().unwrap().ends_with(&new));
+
+    let (code, _) = app.webhook(&flow, &serde_json::json!({})).await;
+    assert_eq!(code, 404, "the old token is refused at once");
+    flow.token = new;
+    let (code, _) = app.webhook(&flow, &serde_json::json!({})).await;
+    assert_eq!(code, 202, "the new one works");
+    assert_eq!(
+        app.executions(&flow).await.len(),
+        1,
+        "nothing recorded for the old token"
+    );
+    let (_, s) = app.get(&format!("/api/flows/{}/status", flow.id)).await;
+    let audit = s["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["reason"] == "webhook token rotated");
+    assert_eq!(
+        audit.unwrap()["actor"],
+        "api",
+        "the rotation is in the flow's events"
+    );
+    let (_, listed) = app.get("/api/flows").await;
+    assert!(!listed.to_string().contains(&flow.token), "never listed");
+}

@@ -234,6 +234,7 @@ async fn the_openapi_document_covers_every_route_with_its_bodies() {
         ("/api/flows/{id}", "delete"),
         ("/api/flows/{id}/start", "post"),
         ("/api/flows/{id}/stop", "post"),
+        ("/api/flows/{id}/webhook-token", "post"),
         ("/api/flows/{id}/status", "get"),
         ("/api/flows/{id}/logs", "get"),
         ("/api/flows/{id}/executions", "get"),

@@ -150,12 +150,7 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
         updated_at: now,
     };
     state.store.create_flow(&flow).await?;
-    let webhook_url = format!(
-        "{}/api/triggers/{}/webhook/{}",
-        state.public_url.trim_end_matches('/'),
-        flow.id,
-        webhook_token
-    );
+    let webhook_url = webhook_url(&state, &flow.id, &webhook_token);
     let body = CreatedFlow {
         flow: FlowSummary::from(&flow),
         webhook_token,
@@ -172,6 +167,46 @@ pub struct CreatedFlow {
     pub webhook_token: String,
     pub webhook_url: String,
     pub note: String,
+}
+
+/// A flow's new webhook token: the only time it is shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RotatedToken {
+    pub webhook_token: String,
+    pub webhook_url: String,
+    pub note: String,
+}
+
+#[utoipa::path(post, path = "/api/flows/{id}/webhook-token", tag = "flows",
+    params(("id" = String, Path, description = "the flow's id or name")),
+    responses((status = 200, body = RotatedToken, description = "the new token; the old one is refused from now on"),
+        (status = 404, body = super::ErrorBody)))]
+pub async fn rotate_webhook_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RotatedToken>, ApiError> {
+    let flow = find_flow(&state, &id).await?;
+    let webhook_token = token::generate();
+    if !state
+        .store
+        .rotate_webhook_token(&flow.id, &token::hash(&webhook_token), "api")
+        .await?
+    {
+        return Err(ApiError::NotFound(format!("flow `{id}` is gone")));
+    }
+    let webhook_url = webhook_url(&state, &flow.id, &webhook_token);
+    Ok(Json(RotatedToken {
+        webhook_token,
+        webhook_url,
+        note: "the webhook token is shown only now; the old one no longer works".into(),
+    }))
+}
+
+fn webhook_url(state: &AppState, flow_id: &str, token: &str) -> String {
+    format!(
+        "{}/api/triggers/{flow_id}/webhook/{token}",
+        state.public_url.trim_end_matches('/')
+    )
 }
 
 /// One flow with its manifest.

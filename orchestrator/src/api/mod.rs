@@ -54,6 +54,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/flows/{id}/start", post(flows::start))
         .route("/api/flows/{id}/stop", post(flows::stop))
+        .route(
+            "/api/flows/{id}/webhook-token",
+            post(flows::rotate_webhook_token),
+        )
         .route("/api/flows/{id}/status", get(flows::status))
         .route("/api/flows/{id}/logs", get(flows::logs))
         .route("/api/flows/{id}/executions", get(flows::executions))

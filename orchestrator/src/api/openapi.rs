@@ -4,7 +4,9 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::flows::{CreatedFlow, ExecutionView, FlowDetail, FlowSummary, LogLines, UpdatedFlow};
+use super::flows::{
+    CreatedFlow, ExecutionView, FlowDetail, FlowSummary, LogLines, RotatedToken, UpdatedFlow,
+};
 use super::triggers::TriggerAnswer;
 use super::ErrorBody;
 use crate::store::FlowEvent;
@@ -24,6 +26,7 @@ use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
         super::flows::delete,
         super::flows::start,
         super::flows::stop,
+        super::flows::rotate_webhook_token,
         super::flows::status,
         super::flows::logs,
         super::flows::executions,
@@ -38,6 +41,7 @@ use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
     ),
     components(schemas(
         FlowSummary,
+        RotatedToken,
         FlowDetail,
         CreatedFlow,
         UpdatedFlow,
