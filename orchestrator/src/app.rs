@@ -230,6 +230,7 @@ impl Application {
             bus,
             leadership: leadership.clone(),
             metrics,
+            rate_limiter: Default::default(),
             api_token: config.api_token.clone(),
             public_url: config
                 .public_url

@@ -46,9 +46,27 @@ pub struct Manifest {
     pub stop_grace: Option<String>,
     #[serde(default)]
     pub delivery_timeout: Option<String>,
+    /// Triggers per second this flow accepts (webhooks and injections together), with a burst.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
     /// The pump's own config; pumphouse passes it on without reading it.
     pub config: serde_yaml::Value,
 }
+
+/// A token bucket: `burst` triggers at once, refilled at `perSecond`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    pub per_second: f64,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// When a manifest sets no rate limit: generous, but a runaway caller cannot flood a flow.
+pub const DEFAULT_RATE_LIMIT: RateLimitSpec = RateLimitSpec {
+    per_second: 1000.0,
+    burst: Some(2000),
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +164,20 @@ impl Manifest {
         self.idle_timeout()?;
         self.stop_grace()?;
         self.delivery_timeout()?;
+        if let Some(r) = &self.rate_limit {
+            if !(r.per_second > 0.0 && r.per_second.is_finite()) {
+                return Err(ManifestError::field(
+                    "rateLimit.perSecond",
+                    "must be a number above 0, like 10 or 0.5",
+                ));
+            }
+            if r.burst == Some(0) {
+                return Err(ManifestError::field(
+                    "rateLimit.burst",
+                    "must be at least 1",
+                ));
+            }
+        }
         if self.config.is_null() {
             return Err(ManifestError::field(
                 "config",

@@ -158,3 +158,62 @@ async fn a_rotated_webhook_token_works_at_once_and_the_old_one_is_refused() {
     let (_, listed) = app.get("/api/flows").await;
     assert!(!listed.to_string().contains(&flow.token), "never listed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_over_a_flows_rate_limit_get_429_with_retry_after_and_nothing_recorded() {
+    let app = TestApp::spawn(Backend::Process).await;
+    let flow = app
+        .create_flow(&manifest(
+            "throttled",
+            "keepAlive: true\nrateLimit: {perSecond: 0.5, burst: 3}\n",
+            "    - respond: ok\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let url = app.url(&format!("/api/triggers/{}/webhook/{}", flow.id, flow.token));
+    let mut codes = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..5 {
+        let resp = app.http.post(&url).body("{}").send().await.unwrap();
+        codes.push(resp.status().as_u16());
+        if resp.status().as_u16() == 429 {
+            retry_after = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("raise `rateLimit`"),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(codes, [202, 202, 202, 429, 429]);
+    let secs: u64 = retry_after.expect("a Retry-After header").parse().unwrap();
+    assert!((1..=2).contains(&secs), "{secs}");
+    assert_eq!(
+        app.executions(&flow).await.len(),
+        3,
+        "refused triggers are not recorded"
+    );
+
+    let (code, body) = app
+        .post(
+            "/api/flows",
+            &manifest(
+                "bad-limit",
+                "rateLimit: {perSecond: 0}\n",
+                "    - respond: ok\n",
+            ),
+        )
+        .await;
+    assert_eq!(
+        (code, &body["field"]),
+        (422, &serde_json::json!("rateLimit.perSecond")),
+        "{body}"
+    );
+}

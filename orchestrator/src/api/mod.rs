@@ -5,6 +5,7 @@
 
 mod flows;
 mod openapi;
+pub mod rate_limit;
 mod status_page;
 mod triggers;
 
@@ -39,6 +40,7 @@ pub struct AppState {
     pub bus: crate::bus::Bus,
     pub leadership: Arc<crate::leadership::Leadership>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// Required as a bearer token on the management routes when set.
     pub api_token: Option<String>,
     /// How users reach this server, for the webhook URLs it hands out.
@@ -245,6 +247,12 @@ pub enum ApiError {
     Backend(String),
     #[error("{0}")]
     Internal(String),
+    #[error("flow `{flow}` takes at most {per_second} triggers a second; retry in {retry_after_secs} s or raise `rateLimit` in its manifest")]
+    RateLimited {
+        flow: String,
+        per_second: f64,
+        retry_after_secs: u64,
+    },
 }
 
 impl From<StoreError> for ApiError {
@@ -278,6 +286,7 @@ impl IntoResponse for ApiError {
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Backend(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
         if code.is_server_error() {
             tracing::error!(error = %self, "request failed");
@@ -296,6 +305,14 @@ impl IntoResponse for ApiError {
                 column: None,
             },
         };
-        (code, Json(body)).into_response()
+        let mut resp = (code, Json(body)).into_response();
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = &self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, (*retry_after_secs).into());
+        }
+        resp
     }
 }

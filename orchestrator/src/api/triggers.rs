@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{find_flow, ApiError, AppState};
 use crate::dispatcher::Outcome;
-use crate::manifest::{Manifest, DEFAULT_DELIVERY_TIMEOUT};
+use crate::manifest::{Manifest, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_RATE_LIMIT};
 use crate::store::{status, FlowRecord};
 use crate::token;
 
@@ -56,6 +56,7 @@ impl WaitQuery {
         (status = 504, body = TriggerAnswer, description = "with `wait`: no result in time; it goes on"),
         (status = 404, body = super::ErrorBody, description = "no webhook matches (wrong flow or token)"),
         (status = 409, body = super::ErrorBody, description = "the flow is stopped or in error"),
+        (status = 429, body = super::ErrorBody, description = "over the flow's rate limit; see Retry-After"),
         (status = 413, description = "the body is over 1 MiB")))]
 pub async fn webhook(
     State(state): State<AppState>,
@@ -138,11 +139,24 @@ async fn accept(
         )));
     }
     let payload = payload(body)?;
-    let deadline = Manifest::parse(&flow.manifest)
-        .ok()
+    let manifest = Manifest::parse(&flow.manifest).ok();
+    let limit = manifest
+        .as_ref()
+        .and_then(|m| m.rate_limit)
+        .unwrap_or(DEFAULT_RATE_LIMIT);
+    // Refused before anything is recorded.
+    if let Err(wait) = state.rate_limiter.take(&flow.id, limit) {
+        return Err(ApiError::RateLimited {
+            flow: flow.name.clone(),
+            per_second: limit.per_second,
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        });
+    }
+    let deadline = manifest
+        .as_ref()
         .and_then(|m| m.delivery_timeout().ok())
-        .unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
-    let deadline = deadline.max(Duration::from_secs(1));
+        .unwrap_or(DEFAULT_DELIVERY_TIMEOUT)
+        .max(Duration::from_secs(1));
     let accepted = if state.leadership.is_leader() {
         state
             .dispatcher
