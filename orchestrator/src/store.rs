@@ -310,20 +310,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(false);
         }
-        let status: String = sqlx::query("SELECT status FROM flows WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("status")?;
-        insert_event(
-            &mut tx,
-            id,
-            Some(&status),
-            &status,
-            "manifest updated",
-            "api",
-        )
-        .await?;
+        note_event(&mut tx, id, "manifest updated", "api").await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -439,20 +426,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(false);
         }
-        let status: String = sqlx::query("SELECT status FROM flows WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("status")?;
-        insert_event(
-            &mut tx,
-            id,
-            Some(&status),
-            &status,
-            "webhook token rotated",
-            actor,
-        )
-        .await?;
+        note_event(&mut tx, id, "webhook token rotated", actor).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -832,6 +806,25 @@ async fn insert_event(
     .bind(now_ms())
     .bind(from)
     .bind(to)
+    .bind(reason)
+    .bind(actor)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records something that happened to a flow without changing its status.
+async fn note_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    flow_id: &str,
+    reason: &str,
+    actor: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO flow_events (flow_id, at, from_status, to_status, reason, actor) SELECT id, $2, status, status, $3, $4 FROM flows WHERE id = $1",
+    )
+    .bind(flow_id)
+    .bind(now_ms())
     .bind(reason)
     .bind(actor)
     .execute(&mut **tx)
