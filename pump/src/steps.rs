@@ -27,29 +27,26 @@ pub async fn run(
         let scope = json!({"payload": payload, "vars": vars, "trigger": {"id": trigger_id}});
         match step {
             Step::Log(text) => println!("{}", render_str(text, &scope)),
-            Step::Set { key, value } => {
-                let value = render(value, &scope);
+            Step::Set { key, value } | Step::Append { key, value } => {
+                let append = matches!(step, Step::Append { .. });
+                let value = render(value, &scope).to_string();
                 let key = format!("{}{}", ctx.prefix, render_str(key, &scope));
-                let value = value.to_string();
                 retrying(|| {
                     let mut redis = redis.clone();
                     let (key, value) = (key.clone(), value.clone());
-                    async move { redis.set::<_, _, ()>(key, value).await }
+                    async move {
+                        if append {
+                            redis.rpush::<_, _, ()>(key, value).await
+                        } else {
+                            redis.set::<_, _, ()>(key, value).await
+                        }
+                    }
                 })
                 .await
-                .map_err(|e| format!("steps[{i}] set `{key}`: {e}"))?;
-            }
-            Step::Append { key, value } => {
-                let value = render(value, &scope);
-                let key = format!("{}{}", ctx.prefix, render_str(key, &scope));
-                let value = value.to_string();
-                retrying(|| {
-                    let mut redis = redis.clone();
-                    let (key, value) = (key.clone(), value.clone());
-                    async move { redis.rpush::<_, _, ()>(key, value).await }
-                })
-                .await
-                .map_err(|e| format!("steps[{i}] append `{key}`: {e}"))?;
+                .map_err(|e| {
+                    let name = if append { "append" } else { "set" };
+                    format!("steps[{i}] {name} `{key}`: {e}")
+                })?;
             }
             Step::Get { key, into } => {
                 let key = format!("{}{}", ctx.prefix, render_str(key, &scope));

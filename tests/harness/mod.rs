@@ -323,17 +323,14 @@ pub async fn docker() -> bollard::Docker {
     docker
 }
 
-async fn remove_dead_test_containers(docker: &bollard::Docker) {
-    use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!(
-            "{}={}",
-            pumphouse::backend::labels::MANAGED_BY,
-            pumphouse::backend::labels::MANAGED_BY_VALUE
-        )],
-    )]);
-    let list = docker
+/// Every container, running or not, carrying `label` (`key=value`).
+async fn labelled(
+    docker: &bollard::Docker,
+    label: String,
+) -> Vec<bollard::models::ContainerSummary> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let filters = std::collections::HashMap::from([("label".to_string(), vec![label])]);
+    docker
         .list_containers(Some(
             ListContainersOptionsBuilder::default()
                 .all(true)
@@ -341,12 +338,24 @@ async fn remove_dead_test_containers(docker: &bollard::Docker) {
                 .build(),
         ))
         .await
-        .unwrap_or_default();
-    for c in list {
+        .unwrap_or_default()
+}
+
+/// Removes a container, running or not; one that is gone already is fine.
+async fn force_remove(docker: &bollard::Docker, id: &str) {
+    use bollard::query_parameters::RemoveContainerOptionsBuilder;
+    let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+    let _ = docker.remove_container(id, Some(opts)).await;
+}
+
+async fn remove_dead_test_containers(docker: &bollard::Docker) {
+    use pumphouse::backend::labels;
+    let ours = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+    for c in labelled(docker, ours).await {
         let cluster = c
             .labels
             .as_ref()
-            .and_then(|l| l.get(pumphouse::backend::labels::CLUSTER))
+            .and_then(|l| l.get(labels::CLUSTER))
             .cloned()
             .unwrap_or_default();
         // Test clusters are named test-<pid>-<random>; a dead pid means a finished test process.
@@ -356,15 +365,8 @@ async fn remove_dead_test_containers(docker: &bollard::Docker) {
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            if let Some(id) = c.id {
-                let _ = docker
-                    .remove_container(
-                        &id,
-                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                    )
-                    .await;
-            }
+        if let (false, Some(id)) = (Path::new(&format!("/proc/{pid}")).exists(), c.id) {
+            force_remove(docker, &id).await;
         }
     }
 }
@@ -844,34 +846,10 @@ impl Drop for TestApp {
                     .build()
                     .expect("a runtime");
                 rt.block_on(async move {
-                    use bollard::query_parameters::{
-                        ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-                    };
-                    let filters = std::collections::HashMap::from([(
-                        "label".to_string(),
-                        vec![format!("{}={cluster}", pumphouse::backend::labels::CLUSTER)],
-                    )]);
-                    let list = docker
-                        .list_containers(Some(
-                            ListContainersOptionsBuilder::default()
-                                .all(true)
-                                .filters(&filters)
-                                .build(),
-                        ))
-                        .await
-                        .unwrap_or_default();
-                    for c in list {
+                    let label = format!("{}={cluster}", pumphouse::backend::labels::CLUSTER);
+                    for c in labelled(&docker, label).await {
                         if let Some(id) = c.id {
-                            let _ = docker
-                                .remove_container(
-                                    &id,
-                                    Some(
-                                        RemoveContainerOptionsBuilder::default()
-                                            .force(true)
-                                            .build(),
-                                    ),
-                                )
-                                .await;
+                            force_remove(&docker, &id).await;
                         }
                     }
                 });
