@@ -132,6 +132,47 @@ impl Bus {
         }
     }
 
+    /// Waits until the leader has applied every pump event written so far: the group has been
+    /// handed the newest entry and acknowledged everything up to it. Returns `false` when
+    /// `within` runs out first (no leader reading, say). A stop uses it so that what a draining
+    /// pump reported just before it exited counts before anything is failed for it.
+    pub async fn wait_events_applied(&self, within: Duration) -> Result<bool, BusError> {
+        let mut conn = self.conn.clone();
+        let stream: redis::streams::StreamInfoStreamReply =
+            conn.xinfo_stream(channels::EVENTS_STREAM).await?;
+        let Some(mark) = stream_id(&stream.last_generated_id) else {
+            return Ok(true);
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let groups: redis::streams::StreamInfoGroupsReply =
+                conn.xinfo_groups(channels::EVENTS_STREAM).await?;
+            let delivered = groups
+                .groups
+                .iter()
+                .find(|g| g.name == GROUP)
+                .and_then(|g| stream_id(&g.last_delivered_id))
+                .is_some_and(|id| id >= mark);
+            if delivered {
+                let pending: redis::streams::StreamPendingReply =
+                    conn.xpending(channels::EVENTS_STREAM, GROUP).await?;
+                let applied = match pending {
+                    redis::streams::StreamPendingReply::Empty => true,
+                    redis::streams::StreamPendingReply::Data(d) => {
+                        stream_id(&d.start_id).is_some_and(|id| id > mark)
+                    }
+                };
+                if applied {
+                    return Ok(true);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Reads pump events for ever, calling `apply` for each and acknowledging it after `apply`
     /// returns. Reconnects with back-off when Redis goes away. `consumer` names this replica in
     /// the group; a restarted replica with the same name first re-reads what it left unacked.
@@ -239,6 +280,14 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A stream entry id (`<ms>-<seq>`) in an order that compares like Redis does; `None` for an
+/// empty stream's `0-0`.
+fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    let id = (ms.parse().ok()?, seq.parse().ok()?);
+    (id != (0, 0)).then_some(id)
+}
+
 fn timed_out(command: &str) -> BusError {
     BusError::Command(redis::RedisError::from((
         redis::ErrorKind::IoError,
@@ -249,6 +298,14 @@ fn timed_out(command: &str) -> BusError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stream_ids_compare_by_time_then_sequence() {
+        assert!(super::stream_id("1700000000000-10") > super::stream_id("1700000000000-9"));
+        assert!(super::stream_id("1700000000001-0") > super::stream_id("1700000000000-99"));
+        assert_eq!(super::stream_id("0-0"), None);
+        assert_eq!(super::stream_id("garbage"), None);
+    }
+
     #[test]
     fn passwords_never_appear_in_a_redacted_url() {
         assert_eq!(

@@ -143,6 +143,19 @@ impl Dispatcher {
         Ok(unacked.len())
     }
 
+    /// Gives the pump events written so far up to `within` to be applied, so a stop or a
+    /// failure sweep does not overtake what a pump reported just before it exited.
+    pub async fn settle_events(&self, within: std::time::Duration) {
+        match self.bus.wait_events_applied(within).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                ?within,
+                "pump events written before the stop were not all applied in time"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot tell whether pump events were applied"),
+        }
+    }
+
     /// Takes back executions a pump held and never finished (see `Store::requeue_instance`);
     /// they are held until the flow's gate opens again.
     pub fn requeue(&self, executions: &[ExecutionRecord]) {

@@ -393,6 +393,9 @@ impl Supervisor {
         }
         self.forget(&flow.id);
         self.backend.stop(&flow.id, grace).await?;
+        // The pump drained before it exited; what it finished is on the event stream and
+        // must be applied before the rest is failed.
+        self.dispatcher.settle_events(Duration::from_secs(5)).await;
         let reason = "the flow was stopped before its pump finished this trigger";
         self.dispatcher.fail_flow(&flow.id, reason).await?;
         // Including what other replicas hold, and what the stopped pump was running.
