@@ -586,7 +586,11 @@ fn container_body(
         (labels::INSTANCE.to_owned(), spec.instance_id.clone()),
         (labels::CLUSTER.to_owned(), config.cluster.clone()),
     ]);
-    let env = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let env = spec
+        .full_env()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let memory = spec.resources.memory_bytes;
     let host_config = HostConfig {
         memory,
@@ -753,10 +757,8 @@ mod tests {
             instance_id: "i-1".into(),
             flow_name: "orders".into(),
             image: Some("pumphouse/pump:dev".into()),
-            env: BTreeMap::from([
-                ("FLOW_ID".to_owned(), "6f1c".to_owned()),
-                ("API_KEY".to_owned(), "s3cr=t".to_owned()),
-            ]),
+            env: BTreeMap::from([("FLOW_ID".to_owned(), "6f1c".to_owned())]),
+            secret_env: BTreeMap::from([("API_KEY".to_owned(), "s3cr=t".to_owned())]),
             resources: Resources {
                 memory_bytes: Some(64 << 20),
                 cpu_millis: Some(500),

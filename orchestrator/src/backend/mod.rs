@@ -53,11 +53,24 @@ pub struct PumpSpec {
     pub flow_name: String,
     /// Image to run (Docker, Kubernetes); the process backend ignores it.
     pub image: Option<String>,
-    /// Contract variables, the flow's own env and its secrets. May hold secrets: never log it.
+    /// Contract variables and the flow's own env.
     pub env: BTreeMap<String, String>,
+    /// Variables whose values must not be shown wherever the pump's definition can be read:
+    /// the flow config, Redis credentials, the flow's secrets. Kubernetes keeps them in a Secret
+    /// the pod refers to; Docker and process add them to the environment. Never log values.
+    pub secret_env: BTreeMap<String, String>,
     pub resources: Resources,
     /// How long a pump may drain after SIGTERM before it is killed.
     pub stop_grace: Duration,
+}
+
+impl PumpSpec {
+    /// `env` and `secret_env` together: what the pump process sees.
+    pub fn full_env(&self) -> BTreeMap<String, String> {
+        let mut all = self.env.clone();
+        all.extend(self.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    }
 }
 
 impl fmt::Debug for PumpSpec {
@@ -69,6 +82,7 @@ impl fmt::Debug for PumpSpec {
             .field("instance_id", &self.instance_id)
             .field("image", &self.image)
             .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("secret_env", &self.secret_env.keys().collect::<Vec<_>>())
             .field("resources", &self.resources)
             .field("stop_grace", &self.stop_grace)
             .finish()

@@ -146,7 +146,7 @@ impl Backend for ProcessBackend {
         // A clean environment, as a container would have: nothing of the orchestrator's leaks in.
         cmd.env_clear()
             .envs(minimal_env())
-            .envs(&spec.env)
+            .envs(spec.full_env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

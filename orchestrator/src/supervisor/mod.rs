@@ -95,6 +95,12 @@ pub struct Heartbeat {
     pub processed: u64,
 }
 
+/// A pump's environment, split as [`PumpSpec`] carries it.
+pub struct PumpEnv {
+    pub plain: BTreeMap<String, String>,
+    pub secret: BTreeMap<String, String>,
+}
+
 pub struct Supervisor {
     store: Store,
     backend: Arc<dyn Backend>,
@@ -153,20 +159,17 @@ impl Supervisor {
     }
 
     /// The environment a flow's pump gets: the flow's own variables, then the contract's.
-    pub fn pump_env(
-        &self,
-        flow: &FlowRecord,
-        manifest: &Manifest,
-        instance_id: &str,
-    ) -> BTreeMap<String, String> {
+    pub fn pump_env(&self, flow: &FlowRecord, manifest: &Manifest, instance_id: &str) -> PumpEnv {
         let mut vars = manifest.env.clone();
         let config = base64::engine::general_purpose::STANDARD.encode(manifest.config_yaml());
+        let secret = BTreeMap::from([
+            (env::ORGANISM_YAML.to_string(), config),
+            (env::REDIS_URL.to_string(), self.settings.redis_url.clone()),
+        ]);
         for (k, v) in [
             (env::FLOW_ID, flow.id.clone()),
             (env::TENANT_ID, flow.tenant_id.clone()),
             (env::INSTANCE_ID, instance_id.to_string()),
-            (env::ORGANISM_YAML, config),
-            (env::REDIS_URL, self.settings.redis_url.clone()),
             (
                 env::TENANT_PREFIX,
                 channels::tenant_prefix(&flow.tenant_id, &flow.id),
@@ -182,7 +185,10 @@ impl Supervisor {
         ] {
             vars.insert(k.to_string(), v);
         }
-        vars
+        PumpEnv {
+            plain: vars,
+            secret,
+        }
     }
 
     /// Starts the flow's pump on request, replacing any it had. The flow is `starting` until the
@@ -288,6 +294,7 @@ impl Supervisor {
                 return Err(err);
             }
         };
+        let pump_env = self.pump_env(flow, &manifest, instance_id);
         let spec = PumpSpec {
             flow_id: flow.id.clone(),
             tenant_id: flow.tenant_id.clone(),
@@ -299,7 +306,8 @@ impl Supervisor {
                     .clone()
                     .unwrap_or_else(|| self.settings.default_image.clone()),
             ),
-            env: self.pump_env(flow, &manifest, instance_id),
+            env: pump_env.plain,
+            secret_env: pump_env.secret,
             resources: manifest.resources().unwrap_or_default(),
             stop_grace: manifest.stop_grace().unwrap_or(DEFAULT_STOP_GRACE),
         };
