@@ -49,9 +49,12 @@ pub struct ServeConfig {
     pub lease_ttl: Duration,
     /// This replica's name in the lease; the host name by default.
     pub replica: Option<String>,
-    pub api_token: Option<String>,
+    pub admin_token: Option<String>,
     /// Base URL in the webhook URLs handed out; `http://<listen>` by default.
     pub public_url: Option<String>,
+    /// How long a caller waits for an answer (plus any `?wait=` it asked for). Past it the
+    /// caller gets 503 and the handler still finishes.
+    pub request_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -78,8 +81,9 @@ impl ServeConfig {
             resync_interval: pumps.resync_interval,
             lease_ttl: Duration::from_secs(10),
             replica: None,
-            api_token: None,
+            admin_token: None,
             public_url: None,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -162,6 +166,10 @@ impl Application {
     /// Whatever cannot be reached, with what to do about it.
     pub async fn build(config: ServeConfig) -> Result<Application, StartupError> {
         let store = Store::connect(&config.store_url).await?;
+        // The admin's flows live here; it exists from the start so it can be given tokens.
+        store
+            .ensure_tenant(crate::api::DEFAULT_TENANT, "Default tenant")
+            .await?;
         let bus = Bus::connect(&config.redis_url).await?;
         let backend = select_backend(&config).await?;
         let metrics = Arc::new(Metrics::new());
@@ -218,9 +226,9 @@ impl Application {
                 addr: config.listen,
                 source,
             })?;
-        if config.api_token.is_none() {
+        if config.admin_token.is_none() {
             tracing::warn!(
-                "no --api-token: the management API is open to anyone who can reach {local}"
+                "no --admin-token: the management API is open to anyone who can reach {local}"
             );
         }
         let state = AppState {
@@ -231,7 +239,8 @@ impl Application {
             leadership: leadership.clone(),
             metrics,
             rate_limiter: Default::default(),
-            api_token: config.api_token.clone(),
+            admin_token: config.admin_token.clone(),
+            request_timeout: config.request_timeout,
             public_url: config
                 .public_url
                 .clone()

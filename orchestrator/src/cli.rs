@@ -42,6 +42,17 @@ enum Command {
     /// Manage flows.
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// Manage tenants and their API tokens (the admin token; a tenant may manage its own tokens).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Show who changed what: the audit log of your tenant.
+    Audit {
+        /// Only this flow (name or id), deleted or not.
+        #[arg(long)]
+        flow: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Send a trigger to a flow, as its "Run" button would.
     Trigger {
         /// The flow's name or id.
@@ -94,6 +105,25 @@ enum FlowCommand {
     Rm { name: String },
     /// Give a flow a new webhook token; the old one stops working at once.
     RotateToken { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints its first API token, shown only then.
+    Create {
+        /// 1 to 40 lower-case letters, digits and dashes.
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tenants.
+    Ls,
+    /// List a tenant's API tokens (never the tokens themselves).
+    Tokens { tenant: String },
+    /// Give a tenant a new API token, shown only now.
+    AddToken { tenant: String, name: String },
+    /// Revoke an API token at once.
+    RevokeToken { tenant: String, token_id: String },
 }
 
 #[derive(Debug, Args)]
@@ -162,12 +192,17 @@ struct ServeArgs {
     /// This replica's name in the leader lease; the host name by default.
     #[arg(long, env = "PUMPHOUSE_REPLICA")]
     replica: Option<String>,
-    /// Bearer token required on the management API. Without it the API is open.
-    #[arg(long, env = "PUMPHOUSE_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
+    /// The admin's bearer token: manages tenants and acts on the default tenant's flows.
+    /// Without it, callers without a token act as the admin (development only).
+    #[arg(long, env = "PUMPHOUSE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Base URL used in the webhook URLs handed out.
     #[arg(long, env = "PUMPHOUSE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// How long a caller waits for an answer (plus any `?wait=`); past it the caller gets 503
+    /// and the change still completes.
+    #[arg(long, env = "PUMPHOUSE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
     /// `json` (one object a line) or `text`; `text` when stderr is a terminal by default.
     #[arg(long, env = "PUMPHOUSE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -201,6 +236,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Flow(cmd) => flow(&client, cmd, cli.output == "json").await,
+        Command::Tenant(cmd) => tenant(&client, cmd, cli.output == "json").await,
+        Command::Audit { flow, limit } => {
+            let mut path = format!("/api/audit?limit={limit}");
+            if let Some(f) = flow {
+                path.push_str(&format!("&flow={}", urlencoding(&f)));
+            }
+            let log = client.get(&path).await?;
+            if cli.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&log)?);
+                return Ok(());
+            }
+            println!("{:<24} {:<26} {:<20} WHO", "WHEN (UTC)", "ACTION", "FLOW");
+            for e in log.as_array().cloned().unwrap_or_default() {
+                let what = match e["detail"].as_str() {
+                    Some(d) => format!("{} {d}", e["action"].as_str().unwrap_or("")),
+                    None => e["action"].as_str().unwrap_or("").to_string(),
+                };
+                println!(
+                    "{:<24} {:<26} {:<20} {}",
+                    crate::api::status_page::utc(e["at"].as_i64().unwrap_or(0)),
+                    what,
+                    e["flow_name"].as_str().unwrap_or("-"),
+                    e["actor"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
         Command::Trigger { name, data } => {
             let body = match data {
                 Some(d) => {
@@ -269,8 +331,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         resync_interval: args.resync_interval,
         lease_ttl: args.lease_ttl,
         replica: args.replica,
-        api_token: args.api_token,
+        admin_token: args.admin_token,
         public_url: args.public_url,
+        request_timeout: args.request_timeout,
     };
     let app = Application::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await?;
@@ -297,6 +360,111 @@ fn ago(ms: i64) -> String {
         3600..=86_399 => format!("{}h ago", s / 3600),
         _ => format!("{}d ago", s / 86_400),
     }
+}
+
+/// Percent-encodes a query value (names may hold anything a manifest allows).
+fn urlencoding(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn tenant(client: &Client, cmd: TenantCommand, json: bool) -> anyhow::Result<()> {
+    let print_json = |v: &Value| -> anyhow::Result<bool> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(v)?);
+        }
+        Ok(json)
+    };
+    match cmd {
+        TenantCommand::Create { id, name } => {
+            let body = serde_json::json!({"id": id, "name": name});
+            let v = client
+                .call(
+                    reqwest::Method::POST,
+                    "/api/tenants",
+                    Some((body.to_string().into_bytes(), "application/json")),
+                )
+                .await?;
+            if !print_json(&v)? {
+                println!("tenant {id} created");
+                println!("its API token (shown only now; keep it secret):");
+                println!("  {}", v["api_token"].as_str().unwrap_or("?"));
+                println!("use it with: PUMPHOUSE_TOKEN=<token> pumphouse flow ls");
+            }
+        }
+        TenantCommand::Ls => {
+            let v = client.get("/api/tenants").await?;
+            if !print_json(&v)? {
+                println!("{:<24} {:<24} CREATED (UTC)", "ID", "NAME");
+                for t in v.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<24} {:<24} {}",
+                        t["id"].as_str().unwrap_or(""),
+                        t["name"].as_str().unwrap_or(""),
+                        crate::api::status_page::utc(t["created_at"].as_i64().unwrap_or(0))
+                    );
+                }
+            }
+        }
+        TenantCommand::Tokens { tenant } => {
+            let v = client.get(&format!("/api/tenants/{tenant}/tokens")).await?;
+            if !print_json(&v)? {
+                println!(
+                    "{:<38} {:<20} {:<24} REVOKED (UTC)",
+                    "ID", "NAME", "CREATED (UTC)"
+                );
+                for t in v.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<38} {:<20} {:<24} {}",
+                        t["id"].as_str().unwrap_or(""),
+                        t["name"].as_str().unwrap_or(""),
+                        crate::api::status_page::utc(t["created_at"].as_i64().unwrap_or(0)),
+                        t["revoked_at"]
+                            .as_i64()
+                            .map(crate::api::status_page::utc)
+                            .unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+        }
+        TenantCommand::AddToken { tenant, name } => {
+            let body = serde_json::json!({ "name": name });
+            let v = client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/tenants/{tenant}/tokens"),
+                    Some((body.to_string().into_bytes(), "application/json")),
+                )
+                .await?;
+            if !print_json(&v)? {
+                println!(
+                    "token {name} ({}) created for tenant {tenant}",
+                    v["token"]["id"].as_str().unwrap_or("?")
+                );
+                println!("the token (shown only now; keep it secret):");
+                println!("  {}", v["api_token"].as_str().unwrap_or("?"));
+            }
+        }
+        TenantCommand::RevokeToken { tenant, token_id } => {
+            let v = client
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/tenants/{tenant}/tokens/{token_id}"),
+                    None,
+                )
+                .await?;
+            if !print_json(&v)? {
+                println!("token {token_id} of tenant {tenant} revoked; it is refused from now on");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@
 //! - [`api`]: the HTTP API (axum).
 //! - [`manifest`]: the flow manifest, parsed and checked.
 //! - [`store`]: tenants, flows, executions and flow events in SQLite or PostgreSQL.
+//! - [`tenants`]: tenants' API tokens and the audit log.
 //! - [`backend`]: where pumps run: [`backend::docker`], [`backend::process`].
 //! - [`bus`]: Redis pub/sub for triggers, the events stream for what pumps report.
 //! - [`dispatcher`]: durable acceptance and re-delivery of triggers.
@@ -28,4 +29,5 @@ pub mod manifest;
 pub mod metrics;
 pub mod store;
 pub mod supervisor;
+pub mod tenants;
 pub mod token;

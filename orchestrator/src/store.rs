@@ -35,6 +35,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a flow named `{0}` exists already; update it with PUT /api/flows/{{id}} or `pumphouse flow apply`")]
     NameTaken(String),
+    #[error("a tenant `{0}` exists already; list tenants with `pumphouse tenant ls`")]
+    TenantExists(String),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
 }
@@ -167,7 +169,7 @@ pub fn now_ms() -> i64 {
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     dialect: Dialect,
 }
 
@@ -255,7 +257,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NameTaken`] when the tenant has a flow of that name.
-    pub async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+    pub async fn create_flow(&self, flow: &FlowRecord, actor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(&format!(
             "INSERT INTO flows ({FLOW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -283,7 +285,7 @@ impl Store {
                 e.into()
             });
         }
-        insert_event(&mut tx, &flow.id, None, &flow.status, "created", "api").await?;
+        insert_event(&mut tx, &flow.id, None, &flow.status, "created", actor).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -295,6 +297,7 @@ impl Store {
         manifest: &str,
         idle_timeout_ms: i64,
         keep_alive: bool,
+        actor: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
@@ -310,7 +313,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(false);
         }
-        note_event(&mut tx, id, "manifest updated", "api").await?;
+        note_event(&mut tx, id, "manifest updated", actor).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -832,7 +835,7 @@ async fn note_event(
     Ok(())
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             db.is_unique_violation() || db.message().contains("UNIQUE constraint failed")

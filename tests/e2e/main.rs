@@ -10,5 +10,6 @@ mod replicas;
 mod status_page;
 mod store;
 mod supervision;
+mod tenants;
 mod triggers;
 mod wake;

@@ -39,7 +39,7 @@ async fn store_suite(store: Store) {
 
     // Flows: create, read by id and name, unique names per tenant, list in name order.
     let a = flow("alpha");
-    store.create_flow(&a).await.unwrap();
+    store.create_flow(&a, "test").await.unwrap();
     assert_eq!(store.get_flow(&a.id).await.unwrap().unwrap(), a);
     assert_eq!(
         store
@@ -55,13 +55,13 @@ async fn store_suite(store: Store) {
         .await
         .unwrap()
         .is_none());
-    let dup = store.create_flow(&flow("alpha")).await.unwrap_err();
+    let dup = store.create_flow(&flow("alpha"), "test").await.unwrap_err();
     assert!(
         matches!(dup, StoreError::NameTaken(ref n) if n == "alpha"),
         "{dup:?}"
     );
     let b = flow("beta");
-    store.create_flow(&b).await.unwrap();
+    store.create_flow(&b, "test").await.unwrap();
     let names: Vec<_> = store
         .list_flows("t1")
         .await
@@ -131,7 +131,7 @@ async fn store_suite(store: Store) {
         .await
         .unwrap());
     assert!(store
-        .update_manifest(&a.id, "name: alpha\nconfig: {b: 2}\n", 60_000, true)
+        .update_manifest(&a.id, "name: alpha\nconfig: {b: 2}\n", 60_000, true, "test")
         .await
         .unwrap());
     let got = store.get_flow(&a.id).await.unwrap().unwrap();
@@ -266,6 +266,87 @@ async fn store_suite(store: Store) {
     assert!(store.flow_events(&a.id, 10).await.unwrap().is_empty());
     assert!(!store.delete_flow(&a.id).await.unwrap());
     store.ping().await.unwrap();
+    tenancy_suite(&store).await;
+}
+
+/// Tenants, API tokens and the audit log.
+async fn tenancy_suite(store: &Store) {
+    use pumphouse::tenants::{AuditEntry, Tenant};
+    let acme = Tenant {
+        id: "acme".into(),
+        name: "Acme".into(),
+        created_at: now_ms(),
+    };
+    let first = store
+        .create_tenant(&acme, "initial", "hash-1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_tenant(&acme, "initial", "hash-9").await,
+        Err(StoreError::TenantExists(_))
+    ));
+    assert!(store.tenant_exists("acme").await.unwrap());
+    assert!(!store.tenant_exists("nobody").await.unwrap());
+    let second = store
+        .create_api_token("acme", "ci", "hash-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.api_token_by_hash("hash-2").await.unwrap().unwrap().id,
+        second.id
+    );
+    let revoked = store
+        .revoke_api_token("acme", &second.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(store.api_token_by_hash("hash-2").await.unwrap().is_none());
+    assert!(
+        store
+            .revoke_api_token("t1", &first.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "another tenant's token"
+    );
+    assert_eq!(
+        store
+            .api_token_by_hash("hash-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .tenant_id,
+        "acme"
+    );
+    assert_eq!(store.list_api_tokens("acme").await.unwrap().len(), 2);
+
+    for (action, flow) in [
+        ("flow.create", Some("f-1")),
+        ("token.create", None),
+        ("flow.delete", Some("f-1")),
+    ] {
+        store
+            .record_audit(&AuditEntry {
+                at: now_ms(),
+                tenant_id: "acme".into(),
+                actor: "admin".into(),
+                action: action.into(),
+                flow_id: flow.map(Into::into),
+                flow_name: flow.map(|_| "orders".into()),
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    let all = store.list_audit("acme", None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].action, "flow.delete", "newest first");
+    let by_name = store.list_audit("acme", Some("orders"), 10).await.unwrap();
+    let by_id = store.list_audit("acme", Some("f-1"), 10).await.unwrap();
+    assert_eq!(by_name.len(), 2);
+    assert_eq!(by_name, by_id);
+    assert!(store.list_audit("t1", None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

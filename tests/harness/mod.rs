@@ -696,6 +696,24 @@ impl TestApp {
         read(resp).await
     }
 
+    /// Any request, with a bearer token when given.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        read(req.send().await.expect("the server answered")).await
+    }
+
     /// Creates a flow from a manifest and returns it with its webhook token.
     pub async fn create_flow(&self, manifest: &str) -> TestFlow {
         let (code, body) = self.post("/api/flows", manifest).await;
