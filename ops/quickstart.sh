@@ -44,12 +44,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# A password for Redis's default user: every pump signs in as its own Redis user, limited to
+# its flow, which an open default user would make pointless.
+redis_password="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$state" \
-    >"$state/redis.log" 2>&1 &
+    --requirepass "$redis_password" >"$state/redis.log" 2>&1 &
 pids+=($!)
 
 "$bin/pumphouse" serve --listen "$listen" --store "sqlite://$state/pumphouse.db" \
-    --redis "redis://127.0.0.1:$redis_port" --backend "$backend" --log-format text \
+    --redis "redis://default:$redis_password@127.0.0.1:$redis_port" --backend "$backend" --log-format text \
     2> >(tee "$state/pumphouse.log" >&2) &
 server_pid=$!
 pids+=("$server_pid")

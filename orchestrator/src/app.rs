@@ -98,6 +98,8 @@ pub enum StartupError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error(transparent)]
+    PumpUsers(#[from] crate::pump_users::PumpUsersError),
     #[error("cannot listen on {addr}: {source}; choose another address with --listen")]
     Listen {
         addr: SocketAddr,
@@ -182,6 +184,8 @@ impl Application {
             .pump_redis_url
             .clone()
             .unwrap_or_else(|| config.redis_url.clone());
+        let pump_users =
+            crate::pump_users::PumpUsers::connect(&config.redis_url, &pump_redis).await?;
         let supervisor = Arc::new(Supervisor::new(
             store.clone(),
             backend,
@@ -196,6 +200,7 @@ impl Application {
                 ..PumpSettings::new(&config.pump_image, &pump_redis)
             },
             metrics.clone(),
+            pump_users,
         ));
         let replica = config.replica.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")

@@ -10,6 +10,7 @@
 //! - [`backend`]: where pumps run: [`backend::docker`], [`backend::process`].
 //! - [`bus`]: Redis pub/sub for triggers, the events stream for what pumps report.
 //! - [`dispatcher`]: durable acceptance and re-delivery of triggers.
+//! - [`pump_users`]: each pump's own Redis ACL user, limited to its flow's keys and channel.
 //! - [`supervisor`]: starts and stops pumps, and applies what pumps and backends report.
 //! - [`leadership`]: which replica runs the supervision loops (a lease with fencing).
 //! - [`cli`] and [`client`]: the `pumphouse` command and its API client.
@@ -27,6 +28,7 @@ pub mod flow_locks;
 pub mod leadership;
 pub mod manifest;
 pub mod metrics;
+pub mod pump_users;
 pub mod store;
 pub mod supervisor;
 pub mod tenants;

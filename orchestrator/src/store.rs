@@ -882,3 +882,58 @@ fn exec_from_row(r: &AnyRow) -> Result<ExecutionRecord> {
         instance_id: r.try_get("instance_id")?,
     })
 }
+
+/// A flow's Redis ACL user as the store remembers it: enough to create the user again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PumpCredentials {
+    pub flow_id: String,
+    pub tenant_id: String,
+    pub status: String,
+    /// Hex SHA-256 of each password that may sign in (see migration 0006).
+    pub password_hashes: Vec<String>,
+}
+
+impl Store {
+    /// Remembers the hashes of the passwords that may sign in as the flow's Redis user;
+    /// empty forgets them (the user is gone).
+    pub async fn set_redis_password_hashes(&self, flow_id: &str, hashes: &[String]) -> Result<()> {
+        let joined = (!hashes.is_empty()).then(|| hashes.join(" "));
+        sqlx::query("UPDATE flows SET redis_password_hashes = $2 WHERE id = $1")
+            .bind(flow_id)
+            .bind(joined)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The flow's Redis user, if it has one.
+    pub async fn pump_credentials(&self, flow_id: &str) -> Result<Option<PumpCredentials>> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, status, redis_password_hashes FROM flows WHERE id = $1 AND redis_password_hashes IS NOT NULL",
+        )
+        .bind(flow_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(credentials_from_row).transpose()
+    }
+
+    /// Every flow that has a Redis user.
+    pub async fn all_pump_credentials(&self) -> Result<Vec<PumpCredentials>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, status, redis_password_hashes FROM flows WHERE redis_password_hashes IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(credentials_from_row).collect()
+    }
+}
+
+fn credentials_from_row(r: &AnyRow) -> Result<PumpCredentials> {
+    let hashes: String = r.try_get("redis_password_hashes")?;
+    Ok(PumpCredentials {
+        flow_id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        status: r.try_get("status")?,
+        password_hashes: hashes.split_whitespace().map(str::to_owned).collect(),
+    })
+}

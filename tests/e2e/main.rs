@@ -6,6 +6,7 @@ mod chaos;
 mod cli;
 mod flows;
 mod observability;
+mod redis_isolation;
 mod replicas;
 mod status_page;
 mod store;

@@ -313,6 +313,7 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::NotFound(_) => ApiError::NotFound(e.to_string()),
             SupervisorError::Backend(b) => ApiError::Backend(b.to_string()),
             SupervisorError::Manifest { .. } => ApiError::Conflict(e.to_string()),
+            SupervisorError::PumpUser(u) => ApiError::Backend(u.to_string()),
         }
     }
 }

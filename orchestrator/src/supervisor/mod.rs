@@ -15,6 +15,7 @@
 
 pub mod reaper;
 pub mod reconcile;
+mod redis_users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -30,6 +31,7 @@ use crate::backend::{Backend, BackendError, BackendEvent, PumpSpec, PumpState};
 use crate::dispatcher::{Dispatcher, Outcome};
 use crate::manifest::{Manifest, ManifestError, DEFAULT_STOP_GRACE};
 use crate::metrics::Metrics;
+use crate::pump_users::{Credential, PumpUsers, PumpUsersError};
 use crate::store::{self, now_ms, status, FlowRecord, Store, StoreError, Transition};
 
 /// Lines of pump log quoted in an error reason.
@@ -40,7 +42,8 @@ const LOG_TAIL_IN_REASON: usize = 10;
 pub struct PumpSettings {
     /// Image for flows whose manifest names none.
     pub default_image: String,
-    /// `REDIS_URL` as pumps must see it (may differ from the orchestrator's own).
+    /// Where pumps reach Redis (may differ from the orchestrator's own address). Each pump's
+    /// `REDIS_URL` is this with the pump's own user and password in place of any credentials.
     pub redis_url: String,
     pub heartbeat: Duration,
     /// A pump silent for this long after its start (or wake) puts the flow in `error`.
@@ -83,6 +86,8 @@ pub enum SupervisorError {
     },
     #[error("flow {0} does not exist")]
     NotFound(String),
+    #[error(transparent)]
+    PumpUser(#[from] PumpUsersError),
 }
 
 /// The last heartbeat of a flow's pump.
@@ -118,6 +123,7 @@ pub struct Supervisor {
     /// The lease fence this replica leads under (0: none).
     fence: AtomicI64,
     metrics: Arc<Metrics>,
+    pump_users: PumpUsers,
     /// When each flow's current start or wake began, for the cold-start histogram.
     launched_at: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -129,6 +135,7 @@ impl Supervisor {
         dispatcher: Arc<Dispatcher>,
         settings: PumpSettings,
         metrics: Arc<Metrics>,
+        pump_users: PumpUsers,
     ) -> Supervisor {
         Supervisor {
             store,
@@ -136,6 +143,7 @@ impl Supervisor {
             dispatcher,
             settings,
             metrics,
+            pump_users,
             launched_at: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(reaper::Deadlines::default()),
@@ -159,12 +167,19 @@ impl Supervisor {
     }
 
     /// The environment a flow's pump gets: the flow's own variables, then the contract's.
-    pub fn pump_env(&self, flow: &FlowRecord, manifest: &Manifest, instance_id: &str) -> PumpEnv {
+    /// `redis_url` carries the pump's own Redis user.
+    pub fn pump_env(
+        &self,
+        flow: &FlowRecord,
+        manifest: &Manifest,
+        instance_id: &str,
+        redis_url: String,
+    ) -> PumpEnv {
         let mut vars = manifest.env.clone();
         let config = base64::engine::general_purpose::STANDARD.encode(manifest.config_yaml());
         let secret = BTreeMap::from([
             (env::ORGANISM_YAML.to_string(), config),
-            (env::REDIS_URL.to_string(), self.settings.redis_url.clone()),
+            (env::REDIS_URL.to_string(), redis_url),
         ]);
         for (k, v) in [
             (env::FLOW_ID, flow.id.clone()),
@@ -294,7 +309,17 @@ impl Supervisor {
                 return Err(err);
             }
         };
-        let pump_env = self.pump_env(flow, &manifest, instance_id);
+        let credential = Credential::issue();
+        let previous = match self.grant_launch(flow, &credential).await {
+            Ok(previous) => previous,
+            Err(e) => {
+                let reason = format!("the pump's Redis user could not be set up: {e}");
+                self.fail_start(&flow.id, instance_id, &reason).await?;
+                return Err(e);
+            }
+        };
+        let redis_url = self.pump_users.pump_url(&flow.id, &credential.password);
+        let pump_env = self.pump_env(flow, &manifest, instance_id, redis_url);
         let spec = PumpSpec {
             flow_id: flow.id.clone(),
             tenant_id: flow.tenant_id.clone(),
@@ -308,6 +333,7 @@ impl Supervisor {
             ),
             env: pump_env.plain,
             secret_env: pump_env.secret,
+            per_launch_env: [env::REDIS_URL.to_string()].into(),
             resources: manifest.resources().unwrap_or_default(),
             stop_grace: manifest.stop_grace().unwrap_or(DEFAULT_STOP_GRACE),
         };
@@ -318,6 +344,18 @@ impl Supervisor {
                 self.store
                     .set_pump_ref(&flow.id, instance_id, &started.pump_ref)
                     .await?;
+                if !previous.is_empty() {
+                    let restarted = flow.pump_ref.as_deref() == Some(started.pump_ref.as_str());
+                    let keep = if restarted {
+                        previous
+                    } else {
+                        vec![credential.hash.clone()]
+                    };
+                    if let Err(e) = self.grant(&flow.id, &flow.tenant_id, &keep, true).await {
+                        // Both passwords still work; the next sync of pump users narrows it.
+                        tracing::warn!(flow_id = %flow.id, error = %e, "dropping the unused Redis password failed");
+                    }
+                }
             }
             Err(e) => {
                 let reason = format!("the backend could not start the pump: {e}");
@@ -348,6 +386,7 @@ impl Supervisor {
         let mut t = Transition::new(status::ERROR, reason, "supervisor");
         t.only_instance = Some(instance_id);
         if self.store.transition(flow_id, t).await? {
+            self.revoke_pump_user(flow_id).await;
             self.deadlines
                 .lock()
                 .expect("deadlines lock")
@@ -401,6 +440,8 @@ impl Supervisor {
         }
         self.forget(&flow.id);
         self.backend.stop(&flow.id, grace).await?;
+        // After the stop: a draining pump still reports through Redis.
+        self.revoke_pump_user(&flow.id).await;
         // The pump drained before it exited; what it finished is on the event stream and
         // must be applied before the rest is failed.
         self.dispatcher.settle_events(Duration::from_secs(5)).await;
@@ -474,6 +515,7 @@ impl Supervisor {
         self.metrics.scale_downs.with_label_values(&[flow_id]).inc();
         self.forget(flow_id);
         self.backend.park(flow_id, stop_grace(&flow)).await?;
+        self.disable_pump_user(flow_id).await;
         // Whatever the pump could not finish within its grace period goes to the next pump; the
         // housekeeping pass wakes the flow for it.
         self.requeue(flow_id, &instance_id).await?;
@@ -870,6 +912,10 @@ impl Supervisor {
             let this = self.clone();
             async move { this.dispatcher.run().await }
         };
+        let pump_users = {
+            let this = self.clone();
+            async move { this.watch_pump_users().await }
+        };
         let housekeeping = {
             let this = self.clone();
             async move {
@@ -903,7 +949,8 @@ impl Supervisor {
             resync,
             accepted,
             sweep,
-            memory
+            memory,
+            pump_users
         );
     }
 }
