@@ -14,6 +14,7 @@ use crate::bus::{self, Bus, BusError};
 use crate::dispatcher::Dispatcher;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
+use crate::secrets::MasterKey;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{PumpSettings, Supervisor, SupervisorError};
 
@@ -52,6 +53,9 @@ pub struct ServeConfig {
     pub api_token: Option<String>,
     /// Base URL in the webhook URLs handed out; `http://<listen>` by default.
     pub public_url: Option<String>,
+    /// Seals and opens flow secrets; without it secrets cannot be set, nor flows that have
+    /// some started.
+    pub master_key: Option<Arc<MasterKey>>,
 }
 
 impl ServeConfig {
@@ -80,6 +84,7 @@ impl ServeConfig {
             replica: None,
             api_token: None,
             public_url: None,
+            master_key: None,
         }
     }
 }
@@ -185,6 +190,7 @@ impl Application {
                 crash_limit: config.crash_limit,
                 crash_window: config.crash_window,
                 resync_interval: config.resync_interval,
+                master_key: config.master_key.clone(),
                 ..PumpSettings::new(&config.pump_image, &pump_redis)
             },
             metrics.clone(),
@@ -222,6 +228,10 @@ impl Application {
             tracing::warn!(
                 "no --api-token: the management API is open to anyone who can reach {local}"
             );
+        }
+        match &config.master_key {
+            Some(key) => tracing::info!(key_id = key.id(), "flow secrets are sealed with this master key"),
+            None => tracing::info!("no master key: flow secrets cannot be set; give one with --master-key-file or PUMPHOUSE_MASTER_KEY"),
         }
         let state = AppState {
             store,

@@ -10,6 +10,7 @@
 //! - [`bus`]: Redis pub/sub for triggers, the events stream for what pumps report.
 //! - [`dispatcher`]: durable acceptance and re-delivery of triggers.
 //! - [`supervisor`]: starts and stops pumps, and applies what pumps and backends report.
+//! - [`secrets`]: flow secrets sealed with AES-256-GCM under the master key.
 //! - [`leadership`]: which replica runs the supervision loops (a lease with fencing).
 //! - [`cli`] and [`client`]: the `pumphouse` command and its API client.
 //!
@@ -26,6 +27,7 @@ pub mod flow_locks;
 pub mod leadership;
 pub mod manifest;
 pub mod metrics;
+pub mod secrets;
 pub mod store;
 pub mod supervisor;
 pub mod token;

@@ -7,9 +7,10 @@ use utoipa::OpenApi;
 use super::flows::{
     CreatedFlow, ExecutionView, FlowDetail, FlowSummary, LogLines, RotatedToken, UpdatedFlow,
 };
+use super::secrets::{SecretChanged, SecretList};
 use super::triggers::TriggerAnswer;
 use super::ErrorBody;
-use crate::store::FlowEvent;
+use crate::store::{FlowEvent, SecretInfo};
 use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
 
 #[derive(OpenApi)]
@@ -31,6 +32,9 @@ use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
         super::flows::logs,
         super::flows::executions,
         super::flows::execution,
+        super::secrets::put,
+        super::secrets::list,
+        super::secrets::delete,
         super::triggers::webhook,
         super::triggers::inject,
         super::healthz,
@@ -52,7 +56,10 @@ use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
         FlowStatus,
         PumpView,
         Heartbeat,
-        FlowEvent
+        FlowEvent,
+        SecretList,
+        SecretChanged,
+        SecretInfo
     ))
 )]
 pub struct ApiDoc;
