@@ -7,6 +7,7 @@ mod cli;
 mod flows;
 mod observability;
 mod replicas;
+mod secrets;
 mod status_page;
 mod store;
 mod supervision;
