@@ -242,6 +242,10 @@ async fn a_secret_reaches_the_pump_and_no_log_answer_error_or_store_byte() {
     );
     assert!(!log.contains(&value), "the server log holds the value");
     let store = sqlite_bytes(&app.store_url);
+    assert!(
+        contains(&store, "API_KEY"),
+        "the secret's row is in these bytes"
+    );
     assert!(!contains(&store, &value), "the store holds the value");
     assert!(
         !contains(&store, &format!("first-{value}")),
@@ -482,4 +486,49 @@ async fn on_postgres_and_docker_the_container_gets_the_secret_and_the_database_n
     let shown = everything_the_api_shows(&app, &flow).await;
     assert!(!shown.contains(&value));
     assert!(!app.server_log().contains(&value));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_changed_while_the_flow_is_at_zero_reaches_the_woken_docker_pump() {
+    let key =
+        std::sync::Arc::new(MasterKey::from_base64(&MasterKey::generate_base64(), "").unwrap());
+    let app = TestApp::spawn_with(Backend::Docker, |c| c.master_key = Some(key.clone())).await;
+    let flow = app
+        .create_flow(&manifest(
+            "wake-secret",
+            "idleTimeout: 1s\n",
+            "    - respond: 1\n",
+        ))
+        .await;
+    let (first, second) = (distinctive_value(), distinctive_value());
+    let (code, body) = put_secret(&app, &flow.id, "API_KEY", first.as_bytes()).await;
+    assert_eq!(code, 201, "{body}");
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    app.wait_status(&flow, "idle").await;
+
+    // The parked container holds the old value; waking must not restart it as it is.
+    let (code, body) = put_secret(&app, &flow.id, "API_KEY", second.as_bytes()).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("when the flow next wakes"), "{body}");
+    let (code, exec) = app.webhook(&flow, &json!({})).await;
+    assert_eq!(code, 202, "{exec}");
+    let done = app
+        .wait_execution(&flow, exec["execution_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let env = app
+        .container(&flow)
+        .await
+        .and_then(|c| c.config)
+        .and_then(|c| c.env)
+        .unwrap_or_default();
+    assert!(
+        env.contains(&format!("API_KEY={second}")),
+        "the woken pump does not have the new value"
+    );
+    assert!(
+        !env.iter().any(|v| v.contains(&first)),
+        "the old value is still there"
+    );
 }
