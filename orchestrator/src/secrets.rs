@@ -35,11 +35,11 @@ pub const HOW_TO_MAKE_A_KEY: &str = "make one with `pumphouse secrets new-key > 
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the master key file {path}: {source}; {HOW_TO_MAKE_A_KEY}")]
+    // The io error is in the message rather than chained as a source, so it is printed once.
+    #[error("cannot read the master key file {path}: {reason}; {HOW_TO_MAKE_A_KEY}")]
     Read {
         path: String,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     // The text itself is never quoted: a near-miss key is still most of a key.
     #[error("the master key{from} is not base64 of 32 bytes ({detail}); {HOW_TO_MAKE_A_KEY}")]
@@ -169,9 +169,9 @@ impl MasterKey {
     pub fn from_file(path: &Path) -> Result<MasterKey, KeyError> {
         let text =
             Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+                std::fs::read_to_string(path).map_err(|reason| KeyError::Read {
                     path: path.display().to_string(),
-                    source,
+                    reason,
                 })?,
             );
         MasterKey::from_base64(&text, &format!(" in {}", path.display()))
