@@ -14,6 +14,7 @@ use crate::bus::{self, Bus, BusError};
 use crate::dispatcher::Dispatcher;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
+use crate::secrets::MasterKey;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{PumpSettings, Supervisor, SupervisorError};
 
@@ -55,6 +56,9 @@ pub struct ServeConfig {
     /// How long a caller waits for an answer (plus any `?wait=` it asked for). Past it the
     /// caller gets 503 and the handler still finishes.
     pub request_timeout: Duration,
+    /// Seals and opens flow secrets; without it secrets cannot be set, nor flows that have
+    /// some started.
+    pub master_key: Option<Arc<MasterKey>>,
 }
 
 impl ServeConfig {
@@ -84,6 +88,7 @@ impl ServeConfig {
             admin_token: None,
             public_url: None,
             request_timeout: Duration::from_secs(30),
+            master_key: None,
         }
     }
 }
@@ -197,6 +202,7 @@ impl Application {
                 crash_limit: config.crash_limit,
                 crash_window: config.crash_window,
                 resync_interval: config.resync_interval,
+                master_key: config.master_key.clone(),
                 ..PumpSettings::new(&config.pump_image, &pump_redis)
             },
             metrics.clone(),
@@ -235,6 +241,10 @@ impl Application {
             tracing::warn!(
                 "no --admin-token: the management API is open to anyone who can reach {local}"
             );
+        }
+        match &config.master_key {
+            Some(key) => tracing::info!(key_id = key.id(), "flow secrets are sealed with this master key"),
+            None => tracing::info!("no master key: flow secrets cannot be set; give one with --master-key-file or PUMPHOUSE_MASTER_KEY"),
         }
         let state = AppState {
             store,

@@ -12,6 +12,7 @@
 //! - [`dispatcher`]: durable acceptance and re-delivery of triggers.
 //! - [`pump_users`]: each pump's own Redis ACL user, limited to its flow's keys and channel.
 //! - [`supervisor`]: starts and stops pumps, and applies what pumps and backends report.
+//! - [`secrets`]: flow secrets sealed with AES-256-GCM under the master key.
 //! - [`leadership`]: which replica runs the supervision loops (a lease with fencing).
 //! - [`cli`] and [`client`]: the `pumphouse` command and its API client.
 //!
@@ -29,6 +30,7 @@ pub mod leadership;
 pub mod manifest;
 pub mod metrics;
 pub mod pump_users;
+pub mod secrets;
 pub mod store;
 pub mod supervisor;
 pub mod tenants;

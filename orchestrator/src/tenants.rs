@@ -39,7 +39,8 @@ pub struct AuditEntry {
     /// Who: `admin`, or the API token by name and id.
     pub actor: String,
     /// What: `flow.create`, `flow.update`, `flow.start`, `flow.stop`, `flow.delete`,
-    /// `flow.rotate-webhook-token`, `tenant.create`, `token.create`, `token.revoke`.
+    /// `flow.rotate-webhook-token`, `flow.secret-set`, `flow.secret-delete`, `tenant.create`,
+    /// `token.create`, `token.revoke`.
     pub action: String,
     pub flow_id: Option<String>,
     pub flow_name: Option<String>,

@@ -8,6 +8,7 @@ mod flows;
 mod observability;
 mod redis_isolation;
 mod replicas;
+mod secrets;
 mod status_page;
 mod store;
 mod supervision;

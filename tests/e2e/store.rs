@@ -519,3 +519,102 @@ async fn the_lease_suite_passes_on_postgresql() {
     let pg = PostgresServer::start();
     lease_suite(Store::connect(&pg.url()).await.unwrap()).await;
 }
+
+/// Flow secrets in the store: set, replace, the per-flow limit, delete, a key rotation that is
+/// all or nothing, and secrets going with their flow.
+async fn secrets_suite(store: Store) {
+    use pumphouse::secrets::{reencrypt, MasterKey, ReencryptError};
+    use pumphouse::store::SecretPut;
+    let key = || MasterKey::from_base64(&MasterKey::generate_base64(), "").unwrap();
+    let (k1, k2, k3) = (key(), key(), key());
+    store.ensure_tenant("t1", "Tenant one").await.unwrap();
+    let (a, b) = (flow("sa"), flow("sb"));
+    store.create_flow(&a, "test").await.unwrap();
+    store.create_flow(&b, "test").await.unwrap();
+
+    let put = |f: &FlowRecord, name: &str, k: &MasterKey| {
+        let sealed = k.seal(&f.id, name, b"value");
+        let (store, id, name) = (store.clone(), f.id.clone(), name.to_string());
+        async move {
+            store
+                .put_secret(&id, &name, &sealed, 2, "test")
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(put(&a, "ONE", &k1).await, SecretPut::Created);
+    assert_eq!(put(&a, "ONE", &k1).await, SecretPut::Replaced);
+    assert_eq!(put(&a, "TWO", &k1).await, SecretPut::Created);
+    assert_eq!(put(&a, "THREE", &k1).await, SecretPut::TooMany { limit: 2 });
+    assert_eq!(
+        put(&a, "TWO", &k1).await,
+        SecretPut::Replaced,
+        "at the limit, replacing still works"
+    );
+    assert_eq!(put(&b, "ONE", &k1).await, SecretPut::Created);
+    let names: Vec<_> = store
+        .secret_names(&a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.key_id))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("ONE".to_string(), k1.id().to_string()),
+            ("TWO".to_string(), k1.id().to_string())
+        ]
+    );
+    assert!(store.delete_secret(&a.id, "TWO", "test").await.unwrap());
+    assert!(!store.delete_secret(&a.id, "TWO", "test").await.unwrap());
+    let reasons: Vec<_> = store
+        .flow_events(&a.id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.contains(&"secret `ONE` set".to_string())
+            && reasons.contains(&"secret `TWO` deleted".to_string()),
+        "{reasons:?}"
+    );
+
+    // Rotation: all resealed under k2 and still opening to the same value.
+    let done = reencrypt(&store, &k1, &k2).await.unwrap();
+    assert_eq!((done.resealed, done.already), (2, 0));
+    for (name, sealed) in store.sealed_secrets(&a.id).await.unwrap() {
+        assert_eq!(&*k2.open(&a.id, &name, &sealed).unwrap(), "value");
+    }
+    // One secret under a third key: the whole rotation fails and changes nothing.
+    assert_eq!(put(&b, "ROGUE", &k3).await, SecretPut::Created);
+    let before = store.sealed_secrets(&a.id).await.unwrap();
+    let err = reencrypt(&store, &k2, &k1).await.unwrap_err();
+    assert!(matches!(err, ReencryptError::UnknownKey { .. }), "{err}");
+    assert_eq!(store.sealed_secrets(&a.id).await.unwrap(), before);
+
+    // Deleting a flow deletes its secrets.
+    assert!(store.delete_flow(&b.id).await.unwrap());
+    assert!(store.sealed_secrets(&b.id).await.unwrap().is_empty());
+    let mut rewrite = store.rewrite_secrets().await.unwrap();
+    assert!(rewrite
+        .all()
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.flow_id == a.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_secrets_suite_passes_on_sqlite() {
+    let dir = TempDir::new("pumphouse-store");
+    let url = format!("sqlite://{}", dir.0.join("s.db").display());
+    secrets_suite(Store::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_secrets_suite_passes_on_postgresql() {
+    let pg = PostgresServer::start();
+    secrets_suite(Store::connect(&pg.url()).await.unwrap()).await;
+}

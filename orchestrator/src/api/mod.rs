@@ -7,6 +7,7 @@ pub mod auth;
 mod flows;
 mod openapi;
 pub mod rate_limit;
+mod secrets;
 pub mod status_page;
 mod tenants;
 mod triggers;
@@ -17,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -62,6 +63,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/flows/{id}/webhook-token",
             post(flows::rotate_webhook_token),
+        )
+        .route("/api/flows/{id}/secrets", get(secrets::list))
+        .route(
+            "/api/flows/{id}/secrets/{name}",
+            put(secrets::put).delete(secrets::delete),
         )
         .route("/api/flows/{id}/status", get(flows::status))
         .route("/api/flows/{id}/logs", get(flows::logs))
@@ -312,7 +318,9 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::Store(s) => s.into(),
             SupervisorError::NotFound(_) => ApiError::NotFound(e.to_string()),
             SupervisorError::Backend(b) => ApiError::Backend(b.to_string()),
-            SupervisorError::Manifest { .. } => ApiError::Conflict(e.to_string()),
+            SupervisorError::Manifest { .. } | SupervisorError::Secrets { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
             SupervisorError::PumpUser(u) => ApiError::Backend(u.to_string()),
         }
     }

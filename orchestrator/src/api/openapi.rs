@@ -7,10 +7,11 @@ use utoipa::OpenApi;
 use super::flows::{
     CreatedFlow, ExecutionView, FlowDetail, FlowSummary, LogLines, RotatedToken, UpdatedFlow,
 };
+use super::secrets::{SecretChanged, SecretList};
 use super::tenants::{CreatedTenant, CreatedToken, NewTenant, NewToken};
 use super::triggers::TriggerAnswer;
 use super::ErrorBody;
-use crate::store::FlowEvent;
+use crate::store::{FlowEvent, SecretInfo};
 use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
 use crate::tenants::{ApiToken, AuditEntry, Tenant};
 
@@ -33,6 +34,9 @@ use crate::tenants::{ApiToken, AuditEntry, Tenant};
         super::flows::logs,
         super::flows::executions,
         super::flows::execution,
+        super::secrets::put,
+        super::secrets::list,
+        super::secrets::delete,
         super::triggers::webhook,
         super::triggers::inject,
         super::tenants::create,
@@ -67,7 +71,10 @@ use crate::tenants::{ApiToken, AuditEntry, Tenant};
         CreatedToken,
         Tenant,
         ApiToken,
-        AuditEntry
+        AuditEntry,
+        SecretList,
+        SecretChanged,
+        SecretInfo
     ))
 )]
 pub struct ApiDoc;

@@ -32,6 +32,7 @@ use crate::dispatcher::{Dispatcher, Outcome};
 use crate::manifest::{Manifest, ManifestError, DEFAULT_STOP_GRACE};
 use crate::metrics::Metrics;
 use crate::pump_users::{Credential, PumpUsers, PumpUsersError};
+use crate::secrets::MasterKey;
 use crate::store::{self, now_ms, status, FlowRecord, Store, StoreError, Transition};
 
 /// Lines of pump log quoted in an error reason.
@@ -55,6 +56,8 @@ pub struct PumpSettings {
     pub crash_window: Duration,
     /// How often every flow is reconciled, catching backend events that were missed.
     pub resync_interval: Duration,
+    /// Opens the flows' secrets at each pump start; without it a flow with secrets cannot start.
+    pub master_key: Option<Arc<MasterKey>>,
 }
 
 impl PumpSettings {
@@ -68,6 +71,7 @@ impl PumpSettings {
             crash_limit: 5,
             crash_window: Duration::from_secs(120),
             resync_interval: Duration::from_secs(30),
+            master_key: None,
         }
     }
 }
@@ -88,6 +92,8 @@ pub enum SupervisorError {
     NotFound(String),
     #[error(transparent)]
     PumpUser(#[from] PumpUsersError),
+    #[error("the pump of flow {flow_id} cannot get its secrets: {reason}")]
+    Secrets { flow_id: String, reason: String },
 }
 
 /// The last heartbeat of a flow's pump.
@@ -156,6 +162,11 @@ impl Supervisor {
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// The key flow secrets are sealed with, when the server has one.
+    pub fn master_key(&self) -> Option<&Arc<MasterKey>> {
+        self.settings.master_key.as_ref()
     }
 
     pub fn heartbeat(&self, flow_id: &str) -> Option<Heartbeat> {
@@ -309,6 +320,16 @@ impl Supervisor {
                 return Err(err);
             }
         };
+        let secrets = match self.open_secrets(&flow.id).await? {
+            Ok(secrets) => secrets,
+            Err(reason) => {
+                self.fail_start(&flow.id, instance_id, &reason).await?;
+                return Err(SupervisorError::Secrets {
+                    flow_id: flow.id.clone(),
+                    reason,
+                });
+            }
+        };
         let credential = Credential::issue();
         let previous = match self.grant_launch(flow, &credential).await {
             Ok(previous) => previous,
@@ -319,7 +340,8 @@ impl Supervisor {
             }
         };
         let redis_url = self.pump_users.pump_url(&flow.id, &credential.password);
-        let pump_env = self.pump_env(flow, &manifest, instance_id, redis_url);
+        let mut pump_env = self.pump_env(flow, &manifest, instance_id, redis_url);
+        pump_env.secret.extend(secrets);
         let spec = PumpSpec {
             flow_id: flow.id.clone(),
             tenant_id: flow.tenant_id.clone(),
@@ -374,6 +396,34 @@ impl Supervisor {
         let instance_id = instance_id.to_string();
         tokio::spawn(async move { this.watch_start(flow_id, instance_id, launch).await });
         Ok(())
+    }
+
+    /// The flow's secrets, decrypted for its pump's environment; or, as `Err`, why the pump
+    /// cannot get them (naming the secret, never its value).
+    async fn open_secrets(
+        &self,
+        flow_id: &str,
+    ) -> Result<Result<BTreeMap<String, String>, String>, StoreError> {
+        let sealed = self.store.sealed_secrets(flow_id).await?;
+        if sealed.is_empty() {
+            return Ok(Ok(BTreeMap::new()));
+        }
+        let Some(key) = &self.settings.master_key else {
+            return Ok(Err(format!(
+                "the flow has {} secret(s) but this server has no master key to decrypt them; {}",
+                sealed.len(),
+                crate::secrets::HOW_TO_MAKE_A_KEY
+            )));
+        };
+        let mut open = BTreeMap::new();
+        for (name, s) in &sealed {
+            match key.open(flow_id, name, s) {
+                // The map's own String is not wiped on drop; the backend copies it anyway.
+                Ok(value) => open.insert(name.clone(), value.to_string()),
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+        }
+        Ok(Ok(open))
     }
 
     /// The start of `instance_id` failed: the flow goes to `error` and its held triggers fail.
