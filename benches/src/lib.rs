@@ -39,7 +39,7 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Watches `pumphouse:events` and records when each trigger's first `ack` arrived.
+/// Watches one flow's events stream and records when each trigger's first `ack` arrived.
 #[derive(Clone)]
 pub struct AckWatcher {
     acks: Arc<Mutex<HashMap<String, Instant>>>,
@@ -47,8 +47,8 @@ pub struct AckWatcher {
 }
 
 impl AckWatcher {
-    /// Starts reading the stream from now on.
-    pub async fn start(redis_url: &str) -> AckWatcher {
+    /// Starts reading the flow's events stream (`channels::events_stream`) from now on.
+    pub async fn start(redis_url: &str, stream: &str) -> AckWatcher {
         let client = redis::Client::open(redis_url).expect("a Redis URL");
         let mut conn = client
             .get_multiplexed_async_connection()
@@ -59,6 +59,7 @@ impl AckWatcher {
             notify: Arc::default(),
         };
         let w = watcher.clone();
+        let stream = stream.to_string();
         tokio::spawn(async move {
             let mut last = "$".to_string();
             loop {
@@ -66,7 +67,7 @@ impl AckWatcher {
                     .arg("BLOCK")
                     .arg(0)
                     .arg("STREAMS")
-                    .arg(channels::EVENTS_STREAM)
+                    .arg(&stream)
                     .arg(&last)
                     .query_async(&mut conn)
                     .await

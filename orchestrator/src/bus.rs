@@ -1,11 +1,14 @@
-//! The trigger bus: Redis pub/sub carries triggers to pumps, and the `pumphouse:events` stream
-//! carries pump events back.
+//! The trigger bus: Redis pub/sub carries triggers to pumps, and each flow's own events stream
+//! (`tenant:{t}:flow:{f}:events`) carries its pump's events back.
 //!
 //! Pub/sub is only the injection channel. Triggers are durable in the store before they are
 //! published, and pump events are read through a consumer group and acknowledged (`XACK`) only
 //! after they are applied, so an orchestrator restart re-reads what it had not finished.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pumphouse_pump::{channels, PumpEvent, Trigger};
@@ -13,11 +16,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands as _;
 
-/// The consumer group the leading replica reads pump events through.
+/// The consumer group the leading replica reads pump events through, on every flow's stream.
 const GROUP: &str = "orchestrator";
 
 /// Where replicas that do not lead announce the triggers they recorded.
 const ACCEPTED_CHANNEL: &str = "pumphouse:accepted";
+
+/// Where replicas announce the events streams of pumps they start (`<tenant> <flow>`).
+const WATCH_CHANNEL: &str = "pumphouse:watch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -37,10 +43,11 @@ pub enum BusError {
 pub struct Bus {
     client: redis::Client,
     conn: ConnectionManager,
+    watched: Arc<Watched>,
 }
 
 impl Bus {
-    /// Connects and makes sure the events consumer group exists.
+    /// Connects.
     ///
     /// # Errors
     /// A bad URL or an unreachable server.
@@ -52,15 +59,15 @@ impl Bus {
         let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config())
             .await
             .map_err(BusError::Unreachable)?;
-        let created: redis::RedisResult<()> = conn
-            .xgroup_create_mkstream(channels::EVENTS_STREAM, GROUP, "$")
-            .await;
-        if let Err(e) = created {
-            if e.code() != Some("BUSYGROUP") {
-                return Err(BusError::Unreachable(e));
-            }
-        }
-        Ok(Bus { client, conn })
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(BusError::Unreachable)?;
+        Ok(Bus {
+            client,
+            conn,
+            watched: Arc::default(),
+        })
     }
 
     pub async fn ping(&self) -> Result<(), BusError> {
@@ -102,7 +109,16 @@ impl Bus {
 
     /// Calls `apply` with each flow id other replicas recorded triggers for, for ever,
     /// reconnecting with back-off. Meant for the leader.
-    pub async fn accepted_notifications<F, Fut>(&self, mut apply: F)
+    pub async fn accepted_notifications<F, Fut>(&self, apply: F)
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.notifications(ACCEPTED_CHANNEL, apply).await
+    }
+
+    /// Calls `apply` with each message on `channel`, for ever, resubscribing with back-off.
+    async fn notifications<F, Fut>(&self, channel: &str, mut apply: F)
     where
         F: FnMut(String) -> Fut,
         Fut: Future<Output = ()>,
@@ -111,7 +127,7 @@ impl Bus {
         loop {
             let subscribed = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(ACCEPTED_CHANNEL).await?;
+                pubsub.subscribe(channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             }
             .await;
@@ -120,33 +136,153 @@ impl Bus {
                     backoff = Duration::from_millis(100);
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = futures_util::StreamExt::next(&mut messages).await {
-                        if let Ok(flow_id) = msg.get_payload::<String>() {
-                            apply(flow_id).await;
+                        if let Ok(text) = msg.get_payload::<String>() {
+                            apply(text).await;
                         }
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "subscribing to accepted triggers failed"),
+                Err(e) => tracing::debug!(error = %e, channel, "subscribing failed"),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// Waits until the leader has applied every pump event written so far: the group has been
-    /// handed the newest entry and acknowledged everything up to it. Returns `false` when
-    /// `within` runs out first (no leader reading, say). A stop uses it so that what a draining
-    /// pump reported just before it exited counts before anything is failed for it.
-    pub async fn wait_events_applied(&self, within: Duration) -> Result<bool, BusError> {
+    /// Prepares a flow's events stream for a pump about to start, and has the leader read it:
+    /// the consumer group is made from the stream's first entry, so nothing the pump writes
+    /// can slip past it; this replica reads it if it leads, and the leader is told on
+    /// `pumphouse:watch` otherwise. Returns once this replica's reader has the stream in its
+    /// read (at once when it runs none).
+    pub async fn watch_events(&self, tenant_id: &str, flow_id: &str) -> Result<(), BusError> {
+        let stream = channels::events_stream(tenant_id, flow_id);
         let mut conn = self.conn.clone();
-        let stream: redis::streams::StreamInfoStreamReply =
-            conn.xinfo_stream(channels::EVENTS_STREAM).await?;
+        // Even when Redis is down the stream joins the set: the reader makes the group (from
+        // the first entry) when Redis is back, so nothing written meanwhile is missed.
+        let grouped = create_group(&mut conn, &stream).await;
+        self.read_stream(tenant_id, flow_id).await;
+        let publish = conn.publish::<_, _, u64>(WATCH_CHANNEL, format!("{tenant_id} {flow_id}"));
+        match tokio::time::timeout(OP_TIMEOUT, publish).await {
+            Ok(Ok(_)) => {}
+            _ => tracing::debug!(
+                flow_id,
+                "telling the leader about a new events stream failed; its resync finds it"
+            ),
+        }
+        grouped
+    }
+
+    /// Adds a stream to what this replica's reader reads, and waits (briefly) until the reader
+    /// has it in its read.
+    async fn read_stream(&self, tenant_id: &str, flow_id: &str) {
+        let stream = channels::events_stream(tenant_id, flow_id);
+        let generation = {
+            let mut streams = self.watched.streams.lock().expect("watched lock");
+            if streams.insert(stream, flow_id.to_string()).is_some() {
+                return;
+            }
+            self.watched.generation.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        self.watched.changed.notify_one();
+        // The reader may be blocked in XREADGROUP on the old set: CLIENT UNBLOCK ends that wait.
+        // Sent until the reader reports the new set, since an unblock that lands just before it
+        // blocks again is lost.
+        let mut conn = self.conn.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.watched.read_generation.load(Ordering::SeqCst) < generation
+            && tokio::time::Instant::now() < deadline
+        {
+            let reader = self.watched.reader_client_id.load(Ordering::SeqCst);
+            if reader == 0 {
+                break;
+            }
+            let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(reader)
+                .query_async(&mut conn)
+                .await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Reads what other replicas announce on `pumphouse:watch` for ever: meant for the leader.
+    pub async fn follow_watch_requests(&self) {
+        self.notifications(WATCH_CHANNEL, |text| async move {
+            if let Some((tenant, flow)) = text.split_once(' ') {
+                self.read_stream(tenant, flow).await;
+            }
+        })
+        .await
+    }
+
+    /// Keeps reading only the streams of `live` flows (tenant and flow ids), and any stream
+    /// [`Bus::watch_events`] added since `since` (a [`Bus::watched_generation`] taken before
+    /// `live` was read), so a flow launched meanwhile is not dropped. Entries left in a stream
+    /// no longer read stay there, and are read when the flow runs again.
+    pub fn retain_watched(&self, live: &[(String, String)], since: u64) {
+        let keep: BTreeMap<String, String> = live
+            .iter()
+            .map(|(t, f)| (channels::events_stream(t, f), f.clone()))
+            .collect();
+        let mut streams = self.watched.streams.lock().expect("watched lock");
+        if self.watched.generation.load(Ordering::SeqCst) != since {
+            // Something was added since `live` was read; drop nothing this time.
+            streams.extend(keep);
+            return;
+        }
+        streams.retain(|k, _| keep.contains_key(k));
+        streams.extend(keep);
+        self.watched.generation.fetch_add(1, Ordering::SeqCst);
+        drop(streams);
+        self.watched.changed.notify_one();
+    }
+
+    /// Changes with every change of the streams read; see [`Bus::retain_watched`].
+    pub fn watched_generation(&self) -> u64 {
+        self.watched.generation.load(Ordering::SeqCst)
+    }
+
+    /// Stops reading a flow's events and deletes its stream: the flow is gone.
+    pub async fn forget_events(&self, tenant_id: &str, flow_id: &str) -> Result<(), BusError> {
+        let stream = channels::events_stream(tenant_id, flow_id);
+        let removed = self
+            .watched
+            .streams
+            .lock()
+            .expect("watched lock")
+            .remove(&stream)
+            .is_some();
+        if removed {
+            self.watched.generation.fetch_add(1, Ordering::SeqCst);
+            self.watched.changed.notify_one();
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(&stream).await?;
+        Ok(())
+    }
+
+    /// Waits until the leader has applied every event the flow's pump wrote so far: the group
+    /// has been handed the newest entry and acknowledged everything up to it. Returns `false`
+    /// when `within` runs out first (no leader reading, say). A stop uses it so that what a
+    /// draining pump reported just before it exited counts before anything is failed for it.
+    pub async fn wait_events_applied(
+        &self,
+        tenant_id: &str,
+        flow_id: &str,
+        within: Duration,
+    ) -> Result<bool, BusError> {
+        let key = channels::events_stream(tenant_id, flow_id);
+        let mut conn = self.conn.clone();
+        let exists: bool = conn.exists(&key).await?;
+        if !exists {
+            return Ok(true);
+        }
+        let stream: redis::streams::StreamInfoStreamReply = conn.xinfo_stream(&key).await?;
         let Some(mark) = stream_id(&stream.last_generated_id) else {
             return Ok(true);
         };
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let groups: redis::streams::StreamInfoGroupsReply =
-                conn.xinfo_groups(channels::EVENTS_STREAM).await?;
+            let groups: redis::streams::StreamInfoGroupsReply = conn.xinfo_groups(&key).await?;
             let delivered = groups
                 .groups
                 .iter()
@@ -155,7 +291,7 @@ impl Bus {
                 .is_some_and(|id| id >= mark);
             if delivered {
                 let pending: redis::streams::StreamPendingReply =
-                    conn.xpending(channels::EVENTS_STREAM, GROUP).await?;
+                    conn.xpending(&key, GROUP).await?;
                 let applied = match pending {
                     redis::streams::StreamPendingReply::Empty => true,
                     redis::streams::StreamPendingReply::Data(d) => {
@@ -176,6 +312,8 @@ impl Bus {
     /// Reads pump events for ever, calling `apply` for each and acknowledging it after `apply`
     /// returns. Reconnects with back-off when Redis goes away. `consumer` names this replica in
     /// the group; a restarted replica with the same name first re-reads what it left unacked.
+    /// An event naming another flow than the stream it came from is dropped: a pump can write
+    /// only its own stream, and must not speak for another flow.
     pub async fn consume_events<F, Fut>(&self, consumer: &str, mut apply: F)
     where
         F: FnMut(PumpEvent) -> Fut,
@@ -200,52 +338,125 @@ impl Bus {
         Fut: Future<Output = ()>,
     {
         // A dedicated connection: XREADGROUP BLOCK would stall every other command sharing a
-        // multiplexed one.
+        // multiplexed one. Its id lets `watch_events` unblock it.
         let mut conn = self.client.get_multiplexed_async_connection().await?;
-        let created: redis::RedisResult<()> = conn
-            .xgroup_create_mkstream(channels::EVENTS_STREAM, GROUP, "$")
-            .await;
-        if let Err(e) = created {
-            if e.code() != Some("BUSYGROUP") {
-                return Err(e.into());
-            }
-        }
-        // "0" first: entries delivered to this consumer before and never acknowledged.
-        let mut cursor = "0".to_string();
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await?;
+        self.watched.reader_client_id.store(id, Ordering::SeqCst);
+        // Also when the task is aborted (leadership lost): nobody to unblock any more.
+        let _reader = ReaderGone(&self.watched.reader_client_id);
+        // Streams whose entries delivered to this consumer before and never acknowledged have
+        // been read again ("0"); after that only new entries (">").
+        let mut replayed: BTreeSet<String> = BTreeSet::new();
         loop {
-            let opts = StreamReadOptions::default()
-                .group(GROUP, consumer)
-                .count(512)
-                .block(1000);
-            let reply: Option<StreamReadReply> = conn
-                .xread_options(&[channels::EVENTS_STREAM], &[&cursor], &opts)
-                .await?;
-            let entries = reply
-                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
-                .unwrap_or_default();
-            if entries.is_empty() && cursor == "0" {
-                cursor = ">".to_string();
+            let generation = self.watched.generation.load(Ordering::SeqCst);
+            let streams = self.watched.streams.lock().expect("watched lock").clone();
+            self.watched
+                .read_generation
+                .store(generation, Ordering::SeqCst);
+            if streams.is_empty() {
+                tokio::select! {
+                    _ = self.watched.changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
                 continue;
             }
-            let mut done = Vec::with_capacity(entries.len());
-            for entry in entries {
-                let text: Option<String> = entry.get(channels::EVENT_FIELD);
-                match text.as_deref().map(serde_json::from_str::<PumpEvent>) {
-                    Some(Ok(ev)) => apply(ev).await,
-                    Some(Err(e)) => {
-                        tracing::warn!(id = %entry.id, error = %e, "ignoring a pump event that does not follow the contract")
+            replayed.retain(|s| streams.contains_key(s));
+            let keys: Vec<&String> = streams.keys().collect();
+            let ids: Vec<&str> = keys
+                .iter()
+                .map(|k| if replayed.contains(*k) { ">" } else { "0" })
+                .collect();
+            let opts = StreamReadOptions::default()
+                .group(GROUP, consumer)
+                .count(READ_BATCH)
+                .block(1000);
+            let reply: redis::RedisResult<Option<StreamReadReply>> =
+                conn.xread_options(&keys, &ids, &opts).await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // A stream lost its group (Redis lost its data, say): make them again.
+                    let mut admin = self.conn.clone();
+                    for key in streams.keys() {
+                        create_group(&mut admin, key).await?;
                     }
-                    None => {
-                        tracing::warn!(id = %entry.id, "ignoring a pump event with no `event` field")
-                    }
+                    continue;
                 }
-                done.push(entry.id);
+                Err(e) => return Err(e.into()),
+            };
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for key in reply.map(|r| r.keys).unwrap_or_default() {
+                counts.insert(key.key.clone(), key.ids.len());
+                let Some(stream_flow) = streams.get(&key.key) else {
+                    continue;
+                };
+                let mut done = Vec::with_capacity(key.ids.len());
+                for entry in key.ids {
+                    let text: Option<String> = entry.get(channels::EVENT_FIELD);
+                    match text.as_deref().map(serde_json::from_str::<PumpEvent>) {
+                        Some(Ok(ev)) if ev.flow_id() == stream_flow => apply(ev).await,
+                        Some(Ok(ev)) => tracing::warn!(
+                            flow_id = %stream_flow,
+                            claimed = %ev.flow_id(),
+                            "ignoring a pump event that names another flow than its stream's"
+                        ),
+                        Some(Err(e)) => {
+                            tracing::warn!(id = %entry.id, error = %e, "ignoring a pump event that does not follow the contract")
+                        }
+                        None => {
+                            tracing::warn!(id = %entry.id, "ignoring a pump event with no `event` field")
+                        }
+                    }
+                    done.push(entry.id);
+                }
+                if !done.is_empty() {
+                    let _: i64 = conn.xack(&key.key, GROUP, &done).await?;
+                }
             }
-            if !done.is_empty() {
-                let _: i64 = conn.xack(channels::EVENTS_STREAM, GROUP, &done).await?;
+            for (key, id) in keys.iter().zip(&ids) {
+                if *id == "0" && counts.get(*key).copied().unwrap_or(0) < READ_BATCH {
+                    replayed.insert((*key).clone());
+                }
             }
         }
     }
+}
+
+/// Clears the reader's client id when the reader ends, however it ends.
+struct ReaderGone<'a>(&'a AtomicI64);
+
+impl Drop for ReaderGone<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Entries read per stream per call.
+const READ_BATCH: usize = 512;
+
+/// Creates the orchestrator's group on a stream (and the stream), from its first entry.
+async fn create_group(conn: &mut ConnectionManager, stream: &str) -> Result<(), BusError> {
+    let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(stream, GROUP, "0").await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The event streams the leader reads, by stream key (the value is the flow id). Changing it
+/// bumps `generation` and wakes the reader.
+#[derive(Default)]
+struct Watched {
+    streams: Mutex<BTreeMap<String, String>>,
+    generation: AtomicU64,
+    /// The generation of the set the reader's current read uses.
+    read_generation: AtomicU64,
+    /// The reader connection's `CLIENT ID`; 0 while there is none.
+    reader_client_id: AtomicI64,
+    changed: tokio::sync::Notify,
 }
 
 /// Fails fast while Redis is down: an accepted trigger is in the store already and is re-sent

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::bus::Bus;
 use crate::flow_locks::FlowLocks;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, ExecutionRecord, NewExecution, Store, StoreError};
+use crate::store::{now_ms, ExecutionRecord, FlowRecord, NewExecution, Store, StoreError};
 
 const FIRST_RESEND_MS: i64 = 250;
 const MAX_RESEND_MS: i64 = 2_000;
@@ -143,10 +143,19 @@ impl Dispatcher {
         Ok(unacked.len())
     }
 
-    /// Gives the pump events written so far up to `within` to be applied, so a stop or a
+    /// The bus triggers go out on and events come back on.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Gives the flow's pump events written so far up to `within` to be applied, so a stop or a
     /// failure sweep does not overtake what a pump reported just before it exited.
-    pub async fn settle_events(&self, within: std::time::Duration) {
-        match self.bus.wait_events_applied(within).await {
+    pub async fn settle_events(&self, flow: &FlowRecord, within: std::time::Duration) {
+        match self
+            .bus
+            .wait_events_applied(&flow.tenant_id, &flow.id, within)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 ?within,

@@ -276,8 +276,6 @@ fn rules(tenant_id: &str, flow_id: &str, hashes: &[String], enabled: bool) -> Ve
         ]
         .map(str::to_owned),
     );
-    // A selector: XADD, and nothing else, on the shared events stream.
-    rules.push(format!("(+xadd %W~{})", channels::EVENTS_STREAM));
     rules
 }
 
@@ -331,13 +329,16 @@ mod tests {
     }
 
     #[test]
-    fn rules_limit_keys_and_channels_to_the_flow_and_the_stream_to_xadd() {
+    fn rules_limit_keys_and_channels_to_the_flow() {
         let r = rules("acme", "f1", &["ab".into(), "cd".into()], false);
         assert_eq!(&r[..3], ["reset", "resetchannels", "off"]);
         assert!(r.contains(&"#ab".to_owned()) && r.contains(&"#cd".to_owned()));
         assert!(r.contains(&"~tenant:acme:flow:f1:*".to_owned()));
         assert!(r.contains(&"&trigger:f1".to_owned()));
-        assert_eq!(r.last().unwrap(), "(+xadd %W~pumphouse:events)");
+        assert!(
+            !r.iter().any(|x| x.starts_with('(')),
+            "no selector: the events stream is under the flow's prefix"
+        );
         assert!(
             !r.iter().any(|x| x.starts_with('>')),
             "no plaintext password"

@@ -8,12 +8,12 @@
 //! - [`env`]: the environment variables the orchestrator sets for a pump.
 //! - [`channels`]: the Redis channel and stream names.
 //! - [`Trigger`]: what the orchestrator publishes on `trigger:{flow_id}`.
-//! - [`PumpEvent`]: what the pump appends to the `pumphouse:events` stream.
+//! - [`PumpEvent`]: what the pump appends to its flow's events stream.
 
 use serde::{Deserialize, Serialize};
 
 /// The contract version this crate speaks. Pumps receive it as `PUMP_CONTRACT_VERSION`.
-pub const CONTRACT_VERSION: u32 = 1;
+pub const CONTRACT_VERSION: u32 = 2;
 
 /// Environment variable names set by the orchestrator for every pump.
 pub mod env {
@@ -54,9 +54,6 @@ pub mod channels {
         format!("trigger:{flow_id}")
     }
 
-    /// The Redis stream pumps append their events to (`XADD pumphouse:events * event <json>`).
-    pub const EVENTS_STREAM: &str = "pumphouse:events";
-
     /// The field of each stream entry that holds the JSON event.
     pub const EVENT_FIELD: &str = "event";
 
@@ -68,8 +65,12 @@ pub mod channels {
     /// The Redis stream a flow's pump appends its events to (contract v2): under the flow's own
     /// prefix, so no pump can read, trim or forge another flow's events.
     pub fn events_stream(tenant_id: &str, flow_id: &str) -> String {
-        format!("{}events", tenant_prefix(tenant_id, flow_id))
+        format!("{}{EVENTS_KEY}", tenant_prefix(tenant_id, flow_id))
     }
+
+    /// The events stream's key after the flow's prefix. Keys starting with `_` right after the
+    /// prefix are pumphouse's; flow memory uses other names.
+    pub const EVENTS_KEY: &str = "_events";
 }
 
 /// One trigger, published as JSON on `trigger:{flow_id}`.
@@ -97,7 +98,8 @@ pub struct Failure {
     pub error: String,
 }
 
-/// What a pump reports, as JSON in the `event` field of an entry of `pumphouse:events`.
+/// What a pump reports, as JSON in the `event` field of an entry of the flow's events stream
+/// (`{TENANT_PREFIX}_events`).
 ///
 /// Every event names the flow and the pump instance that sent it; the orchestrator ignores events
 /// from an instance it no longer runs.

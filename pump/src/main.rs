@@ -124,7 +124,8 @@ async fn run(s: Settings) -> Result<(), String> {
 
     let start_delay = s.config.start_delay;
     let (events_tx, events_rx) = mpsc::unbounded_channel::<PumpEvent>();
-    let emitter = tokio::spawn(emit_events(redis.clone(), events_rx));
+    let stream = format!("{}{}", s.prefix, channels::EVENTS_KEY);
+    let emitter = tokio::spawn(emit_events(redis.clone(), stream, events_rx));
 
     let ledger = Arc::new(Mutex::new(Ledger {
         last_activity_ms: now_ms(),
@@ -230,6 +231,7 @@ async fn shutdown_signal() {
 /// Appends events to the stream in the order they were produced, retrying through outages.
 async fn emit_events(
     mut redis: redis::aio::ConnectionManager,
+    stream: String,
     mut rx: mpsc::UnboundedReceiver<PumpEvent>,
 ) {
     while let Some(ev) = rx.recv().await {
@@ -237,10 +239,10 @@ async fn emit_events(
         let mut backoff = Duration::from_millis(50);
         loop {
             let res: redis::RedisResult<String> = redis::cmd("XADD")
-                .arg(channels::EVENTS_STREAM)
+                .arg(&stream)
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(100_000)
+                .arg(10_000)
                 .arg("*")
                 .arg(channels::EVENT_FIELD)
                 .arg(&body)

@@ -30,7 +30,8 @@ pub async fn run(
             Step::Set { key, value } | Step::Append { key, value } => {
                 let append = matches!(step, Step::Append { .. });
                 let value = render(value, &scope).to_string();
-                let key = format!("{}{}", ctx.prefix, render_str(key, &scope));
+                let key = memory_key(&ctx.prefix, &render_str(key, &scope))
+                    .map_err(|e| format!("steps[{i}]: {e}"))?;
                 retrying(|| {
                     let mut redis = redis.clone();
                     let (key, value) = (key.clone(), value.clone());
@@ -49,7 +50,8 @@ pub async fn run(
                 })?;
             }
             Step::Get { key, into } => {
-                let key = format!("{}{}", ctx.prefix, render_str(key, &scope));
+                let key = memory_key(&ctx.prefix, &render_str(key, &scope))
+                    .map_err(|e| format!("steps[{i}]: {e}"))?;
                 let raw: Option<String> = retrying(|| {
                     let mut redis = redis.clone();
                     let key = key.clone();
@@ -105,6 +107,17 @@ pub async fn run(
 /// Runs a Redis command again while the connection is down (the connection manager
 /// reconnects on the next call), for about three seconds: a Redis restart delays a step rather
 /// than failing it. A retried `append` may land twice; delivery is at least once anyway.
+/// A flow memory key: the flow's prefix and the step's key. Names starting with `_` belong to
+/// pumphouse (the events stream is `_events`), so a step cannot overwrite them.
+fn memory_key(prefix: &str, key: &str) -> Result<String, String> {
+    if key.starts_with('_') {
+        return Err(format!(
+            "flow memory key `{key}` starts with `_`, which pumphouse keeps for itself; rename it"
+        ));
+    }
+    Ok(format!("{prefix}{key}"))
+}
+
 async fn retrying<T, F, Fut>(mut command: F) -> redis::RedisResult<T>
 where
     F: FnMut() -> Fut,
@@ -178,6 +191,16 @@ fn lookup<'a>(scope: &'a Value, path: &str) -> &'a Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn memory_keys_sit_under_the_prefix_and_underscore_names_are_refused() {
+        assert_eq!(
+            super::memory_key("tenant:t:flow:f:", "count").unwrap(),
+            "tenant:t:flow:f:count"
+        );
+        let err = super::memory_key("tenant:t:flow:f:", "_events").unwrap_err();
+        assert!(err.contains("keeps for itself"), "{err}");
+    }
+
     use super::*;
 
     #[test]

@@ -127,6 +127,8 @@ async fn refused_everything_outside_its_flow(backend: Backend) {
     let other = format!("tenant:default:flow:{}:", b.id);
     let trigger_b = format!("trigger:{}", b.id);
     let trigger_a = format!("trigger:{}", a.id);
+    // B's events: A can neither read, trim nor forge them.
+    let events_b = pumphouse_pump::channels::events_stream("default", &b.id);
 
     // Its own prefix works.
     assert_eq!(
@@ -145,9 +147,10 @@ async fn refused_everything_outside_its_flow(backend: Backend) {
         vec!["SET", &format!("{other}seen"), "forged"],
         vec!["DEL", &format!("{other}seen")],
         vec!["PUBLISH", &trigger_b, "{}"],
-        vec!["XREAD", "STREAMS", "pumphouse:events", "0"],
-        vec!["XRANGE", "pumphouse:events", "-", "+"],
-        vec!["DEL", "pumphouse:events"],
+        vec!["XREAD", "STREAMS", &events_b, "0"],
+        vec!["XRANGE", &events_b, "-", "+"],
+        vec!["XADD", &events_b, "MAXLEN", "0", "*", "event", "{}"],
+        vec!["DEL", &events_b],
         vec!["SCAN", "0"],
         vec!["KEYS", "*"],
         vec!["PUBSUB", "CHANNELS"],

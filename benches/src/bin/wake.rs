@@ -119,6 +119,11 @@ async fn bare_process(redis_url: &str) -> Duration {
     to_first_line(cmd).await
 }
 
+/// The flow's events stream (flows here are the default tenant's).
+fn events_stream(flow: &TestFlow) -> String {
+    pumphouse_pump::channels::events_stream("default", &flow.id)
+}
+
 /// `runs` cold starts on `backend`, interleaved with `runs` baseline starts.
 async fn cold(backend: Backend, image: &str, runs: usize) -> (Samples, Samples) {
     let image_owned = image.to_string();
@@ -127,10 +132,10 @@ async fn cold(backend: Backend, image: &str, runs: usize) -> (Samples, Samples) 
         c.heartbeat = Duration::from_millis(200);
     })
     .await;
-    let watcher = AckWatcher::start(&app.redis.url()).await;
     let flow = app
         .create_flow(&manifest("cold", "idleTimeout: 1s\n", COLD_STEPS))
         .await;
+    let watcher = AckWatcher::start(&app.redis.url(), &events_stream(&flow)).await;
     app.start(&flow).await;
     app.wait_status(&flow, "running").await;
     let mut ours = Vec::new();
@@ -149,10 +154,10 @@ async fn cold(backend: Backend, image: &str, runs: usize) -> (Samples, Samples) 
 async fn warm(image: &str, runs: usize) -> (Samples, Samples) {
     let image_owned = image.to_string();
     let app = TestApp::spawn_with(Backend::Docker, move |c| c.pump_image = image_owned).await;
-    let watcher = AckWatcher::start(&app.redis.url()).await;
     let flow = app
         .create_flow(&manifest("warm", "keepAlive: true\n", COLD_STEPS))
         .await;
+    let watcher = AckWatcher::start(&app.redis.url(), &events_stream(&flow)).await;
     app.start(&flow).await;
     app.wait_status(&flow, "running").await;
     for _ in 0..50 {

@@ -341,6 +341,9 @@ pub async fn delete(
     let flow = find_flow(&state, &caller, &id).await?;
     state.supervisor.stop(&flow, &caller.actor()).await?;
     state.store.delete_flow(&flow.id).await?;
+    if let Err(e) = state.bus.forget_events(&flow.tenant_id, &flow.id).await {
+        tracing::warn!(flow_id = %flow.id, error = %e, "the deleted flow's events stream is left in Redis");
+    }
     audit(
         &state,
         &caller,

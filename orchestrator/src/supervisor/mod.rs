@@ -359,6 +359,15 @@ impl Supervisor {
             resources: manifest.resources().unwrap_or_default(),
             stop_grace: manifest.stop_grace().unwrap_or(DEFAULT_STOP_GRACE),
         };
+        // Before the pump exists, so its first event is read.
+        if let Err(e) = self
+            .dispatcher
+            .bus()
+            .watch_events(&flow.tenant_id, &flow.id)
+            .await
+        {
+            tracing::warn!(flow_id = %flow.id, error = %e, "cannot prepare the pump's events stream yet; it is read once Redis answers");
+        }
         match self.backend.start(&spec).await {
             Ok(started) => {
                 tracing::info!(flow_id = %flow.id, flow = %flow.name, instance_id, pump = %started.pump_ref, backend = self.backend.name(), "pump started");
@@ -494,7 +503,9 @@ impl Supervisor {
         self.revoke_pump_user(&flow.id).await;
         // The pump drained before it exited; what it finished is on the event stream and
         // must be applied before the rest is failed.
-        self.dispatcher.settle_events(Duration::from_secs(5)).await;
+        self.dispatcher
+            .settle_events(flow, Duration::from_secs(5))
+            .await;
         let reason = "the flow was stopped before its pump finished this trigger";
         self.dispatcher.fail_flow(&flow.id, reason).await?;
         // Including what other replicas hold, and what the stopped pump was running.
@@ -966,6 +977,10 @@ impl Supervisor {
             let this = self.clone();
             async move { this.watch_pump_users().await }
         };
+        let watch_requests = {
+            let bus = self.dispatcher.bus().clone();
+            async move { bus.follow_watch_requests().await }
+        };
         let housekeeping = {
             let this = self.clone();
             async move {
@@ -1000,7 +1015,8 @@ impl Supervisor {
             accepted,
             sweep,
             memory,
-            pump_users
+            pump_users,
+            watch_requests
         );
     }
 }

@@ -133,13 +133,17 @@ impl Supervisor {
     /// Reconciles every flow that wants a pump and every pump the backend runs for us.
     /// Returns how many steps did something.
     pub async fn resync(self: &Arc<Self>) -> Result<usize, SupervisorError> {
-        let mut ids: BTreeSet<String> = self
-            .store
-            .flows_wanted_running()
-            .await?
-            .into_iter()
-            .map(|f| f.id)
+        let bus = self.dispatcher.bus();
+        let since = bus.watched_generation();
+        let wanted = self.store.flows_wanted_running().await?;
+        // Events are read from the streams of flows whose pump runs or is starting.
+        let live: Vec<(String, String)> = wanted
+            .iter()
+            .filter(|f| matches!(f.status.as_str(), status::RUNNING | status::STARTING))
+            .map(|f| (f.tenant_id.clone(), f.id.clone()))
             .collect();
+        bus.retain_watched(&live, since);
+        let mut ids: BTreeSet<String> = wanted.into_iter().map(|f| f.id).collect();
         ids.extend(self.backend.list().await?.into_iter().map(|p| p.flow_id));
         let mut acted = 0;
         for id in ids {
