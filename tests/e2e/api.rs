@@ -218,3 +218,48 @@ async fn triggers_over_a_flows_rate_limit_get_429_with_retry_after_and_nothing_r
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_with_a_json_error_and_nothing_is_recorded() {
+    let app = TestApp::spawn(Backend::Process).await;
+    // Over the manifest limit (256 KiB) but under the body limit: 422, nothing stored.
+    let big_manifest = manifest(
+        "huge",
+        &format!("env: {{PAD: '{}'}}\n", "x".repeat(300 * 1024)),
+        "    - log: hi\n",
+    );
+    let (code, body) = app.post("/api/flows", &big_manifest).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+    // Over the body limit (1 MiB): 413 in the API's own error shape.
+    let (code, body) = app.post("/api/flows", &"x".repeat(2 << 20)).await;
+    assert_eq!(code, 413, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("over 1 MiB"),
+        "{body}"
+    );
+    let (_, flows) = app.get("/api/flows").await;
+    assert_eq!(flows, serde_json::json!([]), "nothing was stored");
+
+    let flow = app
+        .create_flow(&manifest("small", "keepAlive: true\n", "    - log: hi\n"))
+        .await;
+    let url = format!("/api/triggers/{}/webhook/{}", flow.id, flow.token);
+    let (code, body) = app
+        .post(&url, &format!("\"{}\"", "y".repeat(2 << 20)))
+        .await;
+    assert_eq!(code, 413, "{body}");
+    assert!(
+        app.executions(&flow).await.is_empty(),
+        "no execution was recorded"
+    );
+    // A method a route does not take gets the same shape, with what to read.
+    let (code, body) = app
+        .call_as(None, reqwest::Method::PATCH, "/api/flows", "")
+        .await;
+    assert_eq!(code, 405, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("openapi.json"),
+        "{body}"
+    );
+}
