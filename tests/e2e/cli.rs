@@ -5,11 +5,21 @@ use std::process::Command;
 use pumphouse_e2e::{pumphouse_binary, Backend, TempDir, TestApp};
 
 fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
-    let out = Command::new(pumphouse_binary())
-        .args(args)
-        .env("PUMPHOUSE_API", &app.base)
-        .output()
-        .expect("running pumphouse");
+    run_cli(app, None, args)
+}
+
+fn cli_as(app: &TestApp, token: &str, args: &[&str]) -> (bool, String) {
+    run_cli(app, Some(token), args)
+}
+
+/// Runs `pumphouse` against the app, with `PUMPHOUSE_TOKEN` when given; success and output.
+fn run_cli(app: &TestApp, token: Option<&str>, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(pumphouse_binary());
+    cmd.args(args).env("PUMPHOUSE_API", &app.base);
+    if let Some(t) = token {
+        cmd.env("PUMPHOUSE_TOKEN", t);
+    }
+    let out = cmd.output().expect("running pumphouse");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -83,21 +93,6 @@ async fn the_cli_applies_starts_triggers_and_stops_a_flow() {
     assert!(ok && out.contains("stopped"), "{out}");
     let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["flow", "start", "no-such-flow"]));
     assert!(!ok && out.contains("no flow `no-such-flow`"), "{out}");
-}
-
-fn cli_as(app: &TestApp, token: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(pumphouse_binary())
-        .args(args)
-        .env("PUMPHOUSE_API", &app.base)
-        .env("PUMPHOUSE_TOKEN", token)
-        .output()
-        .expect("running pumphouse");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
