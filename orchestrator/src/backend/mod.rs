@@ -14,6 +14,8 @@
 //!   crash of the pump that replaced it.
 
 pub mod docker;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -137,6 +139,8 @@ pub enum BackendKind {
     Auto,
     Docker,
     Process,
+    #[cfg(feature = "kubernetes")]
+    Kubernetes,
 }
 
 impl FromStr for BackendKind {
@@ -146,11 +150,14 @@ impl FromStr for BackendKind {
             "auto" => Ok(Self::Auto),
             "docker" => Ok(Self::Docker),
             "process" => Ok(Self::Process),
-            "kubernetes" => {
-                Err("the kubernetes backend is not in this build yet; use docker or process".into())
-            }
+            #[cfg(feature = "kubernetes")]
+            "kubernetes" => Ok(Self::Kubernetes),
+            #[cfg(not(feature = "kubernetes"))]
+            "kubernetes" => Err("this pumphouse was built without the kubernetes backend; \
+                 build it with `cargo build --release --features pumphouse/kubernetes`, or use docker or process"
+                .into()),
             other => Err(format!(
-                "unknown backend `{other}`; choose one of auto, docker, process"
+                "unknown backend `{other}`; choose one of auto, docker, process, kubernetes"
             )),
         }
     }
@@ -184,6 +191,9 @@ pub enum BackendError {
     },
     #[error("cannot signal the pump process of flow {flow_id}: {message}")]
     Signal { flow_id: String, message: String },
+    #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    Kubernetes(Box<kubernetes::KubernetesError>),
 }
 
 /// A place pumps run.
