@@ -33,6 +33,9 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::Client;
 
+#[cfg(test)]
+mod tests;
+
 use super::{labels, Backend, BackendError, BackendEvent, PumpSpec, PumpState, PumpStatus};
 
 /// The field manager every apply is made under; `kubectl get -o yaml --show-managed-fields`
@@ -207,7 +210,11 @@ impl KubernetesBackend {
 
     async fn check(&self) -> Result<(), BackendError> {
         self.deployments()
-            .list_metadata(&ListParams::default().labels(&self.owner_selector()).limit(1))
+            .list_metadata(
+                &ListParams::default()
+                    .labels(&self.owner_selector())
+                    .limit(1),
+            )
             .await
             .map_err(|e| self.error("list the Deployments", "*", e, false))?;
         tracing::debug!(namespace = %self.namespace, cluster = %self.config.cluster, "connected to Kubernetes");
@@ -235,7 +242,7 @@ impl KubernetesBackend {
         &self,
         spec: &PumpSpec,
         secret_version: Option<&str>,
-    ) -> Result<Deployment, KubernetesError> {
+    ) -> Result<Deployment, BackendError> {
         let image = spec.image.clone().ok_or_else(|| KubernetesError::NoImage {
             flow_id: spec.flow_id.clone(),
         })?;
@@ -300,8 +307,8 @@ impl KubernetesBackend {
         let mut template_meta = self.metadata(spec);
         template_meta.name = None;
         template_meta.namespace = None;
-        template_meta.annotations = secret_version
-            .map(|v| BTreeMap::from([(SECRET_VERSION.to_owned(), v.to_owned())]));
+        template_meta.annotations =
+            secret_version.map(|v| BTreeMap::from([(SECRET_VERSION.to_owned(), v.to_owned())]));
         Ok(Deployment {
             metadata: self.metadata(spec),
             spec: Some(DeploymentSpec {
@@ -325,11 +332,11 @@ impl KubernetesBackend {
                         // the pump's env, unasked.
                         enable_service_links: Some(false),
                         termination_grace_period_seconds: Some(grace_secs(spec.stop_grace)),
-                        image_pull_secrets: self.config.image_pull_secret.as_ref().map(|s| {
-                            vec![LocalObjectReference {
-                                name: s.clone(),
-                            }]
-                        }),
+                        image_pull_secrets: self
+                            .config
+                            .image_pull_secret
+                            .as_ref()
+                            .map(|s| vec![LocalObjectReference { name: s.clone() }]),
                         security_context: Some(PodSecurityContext {
                             run_as_non_root: Some(true),
                             run_as_user: Some(PUMP_UID),
@@ -370,7 +377,13 @@ impl KubernetesBackend {
         }
     }
 
-    fn error(&self, action: &'static str, flow_id: &str, e: kube::Error, secret: bool) -> BackendError {
+    fn error(
+        &self,
+        action: &'static str,
+        flow_id: &str,
+        e: kube::Error,
+        secret: bool,
+    ) -> BackendError {
         let kube::Error::Api(resp) = e else {
             return KubernetesError::Unreachable {
                 action,
@@ -407,7 +420,11 @@ impl KubernetesBackend {
     /// a forced apply cannot conflict on ownership and a second race is unlikely.
     async fn apply<K>(&self, api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>
     where
-        K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: kube::Resource
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
     {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match api.patch(name, &params, &Patch::Apply(obj)).await {
@@ -461,7 +478,7 @@ fn check_label(
     flag: &'static str,
     value: &str,
     max: usize,
-) -> Result<(), KubernetesError> {
+) -> Result<(), BackendError> {
     let ok = !value.is_empty()
         && value.len() <= max
         && value
@@ -477,7 +494,8 @@ fn check_label(
             flag,
             value: value.to_owned(),
             max,
-        })
+        }
+        .into())
     }
 }
 
@@ -528,8 +546,7 @@ pub fn pod_state(pod: &Pod) -> PumpState {
             if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
                 return exited(t);
             }
-            if w
-                .reason
+            if w.reason
                 .as_deref()
                 .is_some_and(|r| START_FAILURES.contains(&r))
             {
@@ -554,16 +571,22 @@ pub fn pod_state(pod: &Pod) -> PumpState {
 pub fn start_failure(pod: &Pod) -> Option<String> {
     let waiting = pump_container(pod)?.state.as_ref()?.waiting.as_ref()?;
     let reason = waiting.reason.as_deref()?;
-    START_FAILURES.contains(&reason).then(|| match &waiting.message {
-        Some(m) if !m.is_empty() => format!("{reason}: {m}"),
-        _ => reason.to_owned(),
-    })
+    START_FAILURES
+        .contains(&reason)
+        .then(|| match &waiting.message {
+            Some(m) if !m.is_empty() => format!("{reason}: {m}"),
+            _ => reason.to_owned(),
+        })
 }
 
 fn status_of(name: String, deployment: &Deployment, pods: &[Pod]) -> Option<PumpStatus> {
     let flow_id = label(&deployment.metadata, labels::FLOW)?.clone();
     let instance = label(&deployment.metadata, labels::INSTANCE);
-    let replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let replicas = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
     let (state, pump_ref) = if replicas == 0 {
         // Scaled to zero: parked, as a stopped Docker container is.
         (
@@ -575,10 +598,7 @@ fn status_of(name: String, deployment: &Deployment, pods: &[Pod]) -> Option<Pump
         )
     } else {
         match current_pod(pods, instance) {
-            Some(pod) => (
-                pod_state(pod),
-                pod.metadata.name.clone().unwrap_or(name),
-            ),
+            Some(pod) => (pod_state(pod), pod.metadata.name.clone().unwrap_or(name)),
             // Created, not yet given a pod by the ReplicaSet.
             None => (PumpState::Starting, name),
         }
@@ -712,7 +732,11 @@ impl Backend for KubernetesBackend {
 
     async fn logs(&self, flow_id: &str, tail: usize) -> Result<Vec<String>, BackendError> {
         let pods = self.flow_pods(flow_id).await?;
-        let Some(pod) = pods.iter().find(|p| p.metadata.deletion_timestamp.is_none()).or(pods.first()) else {
+        let Some(pod) = pods
+            .iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+            .or(pods.first())
+        else {
             return Ok(Vec::new());
         };
         if let Some(why) = start_failure(pod) {
@@ -866,7 +890,11 @@ impl ExitWatch {
         let container = pump_container(pod)?;
         let mut found = Vec::new();
         let states = [container.state.as_ref(), container.last_state.as_ref()];
-        for t in states.into_iter().flatten().filter_map(|s| s.terminated.as_ref()) {
+        for t in states
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.terminated.as_ref())
+        {
             let key = t.container_id.clone().unwrap_or_else(|| {
                 format!("restart-{}-{:?}", container.restart_count, t.finished_at)
             });
