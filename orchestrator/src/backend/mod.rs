@@ -235,3 +235,27 @@ pub trait Backend: Send + Sync {
     /// Pump exits as they happen. Each call opens a new subscription.
     fn events(&self) -> BoxStream<'static, BackendEvent>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::BackendKind;
+
+    #[test]
+    fn backends_parse_by_name() {
+        assert_eq!("docker".parse(), Ok(BackendKind::Docker));
+        assert_eq!("process".parse(), Ok(BackendKind::Process));
+        let err = "podman".parse::<BackendKind>().unwrap_err();
+        assert!(
+            err.contains("choose one of auto, docker, process, kubernetes"),
+            "{err}"
+        );
+    }
+
+    /// A binary built without the feature says how to get one that has it.
+    #[cfg(not(feature = "kubernetes"))]
+    #[test]
+    fn kubernetes_without_the_feature_names_the_cargo_flag() {
+        let err = "kubernetes".parse::<BackendKind>().unwrap_err();
+        assert!(err.contains("--features pumphouse/kubernetes"), "{err}");
+    }
+}
