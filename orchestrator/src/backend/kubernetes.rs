@@ -48,6 +48,9 @@ pub const CONTAINER: &str = "pump";
 pub const SECRET_VERSION: &str = "pumphouse.dev/secret-version";
 /// `nobody:nogroup`, as on Docker: pump images carry no `/etc/passwd`.
 const PUMP_UID: i64 = 65534;
+/// How long past the grace period `stop` waits for a pod to go: the kubelet notices a
+/// deletion within seconds, and the kill after the grace period takes a moment more.
+const STOP_SLACK: Duration = Duration::from_secs(30);
 /// Old ReplicaSets kept per Deployment; every start with a new instance makes one.
 const REVISION_HISTORY: i32 = 2;
 
@@ -448,6 +451,26 @@ impl KubernetesBackend {
         }
     }
 
+    /// Waits until the flow has no pods left. Past `grace` and the kubelet's own slack the
+    /// pods are left to Kubernetes (which kills them at their grace period anyway) with a
+    /// warning: a node that stopped reporting must not hold a stop forever.
+    async fn await_no_pods(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError> {
+        let deadline = tokio::time::Instant::now() + grace + STOP_SLACK;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let pods = self.flow_pods(flow_id).await?;
+            if pods.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(flow_id, pods = pods.len(), "the pump's pod is still terminating after its grace period; leaving it to Kubernetes");
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
     /// The flow's pods, newest first.
     async fn flow_pods(&self, flow_id: &str) -> Result<Vec<Pod>, BackendError> {
         let mut pods = self
@@ -640,9 +663,10 @@ impl Backend for KubernetesBackend {
         })
     }
 
-    /// Deletes the Deployment (its pods get their grace period from the pod spec) and the
-    /// Secret. Returns once Kubernetes has accepted the deletions; the pod drains on its own.
-    async fn stop(&self, flow_id: &str, _grace: Duration) -> Result<(), BackendError> {
+    /// Deletes the Deployment and the Secret, then waits until the flow's pods are gone (each
+    /// drains for the grace period in its pod spec, then the kubelet kills it), so what the pump
+    /// held is handed on only after it has finished or been killed, as with Docker.
+    async fn stop(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError> {
         let name = self.object_name(flow_id);
         self.delete(&self.deployments(), &name)
             .await
@@ -650,14 +674,14 @@ impl Backend for KubernetesBackend {
         self.delete(&self.secrets(), &name)
             .await
             .map_err(|e| self.error("delete the Secret", flow_id, e, true))?;
-        Ok(())
+        self.await_no_pods(flow_id, grace).await
     }
 
-    /// Scales the Deployment to zero and keeps it and its Secret, so waking it is one apply.
-    /// A merge patch rather than an apply: an apply of `replicas` alone would drop every other
-    /// field the manager set, and a merge patch of a Deployment that is gone is a 404, not a
-    /// half-made object.
-    async fn park(&self, flow_id: &str, _grace: Duration) -> Result<(), BackendError> {
+    /// Scales the Deployment to zero, keeping it and its Secret so waking it is one apply, and
+    /// waits for the pod to be gone, as `stop` does. A merge patch rather than an apply: an
+    /// apply of `replicas` alone would drop every other field the manager set, and a merge
+    /// patch of a Deployment that is gone is a 404, not a half-made object.
+    async fn park(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError> {
         let name = self.object_name(flow_id);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -669,7 +693,7 @@ impl Backend for KubernetesBackend {
             .patch(&name, &params, &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => self.await_no_pods(flow_id, grace).await,
             Err(kube::Error::Api(resp)) if resp.code == 404 => Ok(()),
             Err(e) => Err(self.error("scale to zero the Deployment", flow_id, e, false)),
         }

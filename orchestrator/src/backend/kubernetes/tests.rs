@@ -578,10 +578,24 @@ async fn stop_deletes_the_deployment_and_the_secret() {
                 200,
                 &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
             );
+            // The pod drains: stop returns only once it is gone.
+            let mut draining = pod("p", "u1", "i-1", running());
+            draining["metadata"]["deletionTimestamp"] = json!("2026-11-26T20:00:09Z");
+            expect_flow_pods(&mut api, vec![draining]).await;
+            expect_flow_pods(&mut api, vec![]).await;
         },
     )
     .await
     .expect("stop");
+}
+
+/// The backend lists the flow's pods; the mock answers with `pods`.
+async fn expect_flow_pods(api: &mut ApiServer, pods: Vec<Value>) {
+    let q = flow_pods_query();
+    let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    api.expect("GET", PODS, &q)
+        .await
+        .answer(200, &list("PodList", pods));
 }
 
 #[tokio::test]
@@ -596,6 +610,7 @@ async fn stop_tolerates_objects_that_are_gone_already() {
             api.expect("DELETE", &format!("{SECRETS}/{NAME}"), &[])
                 .await
                 .fail(404, "NotFound", "not found");
+            expect_flow_pods(&mut api, vec![]).await;
         },
     )
     .await
@@ -641,6 +656,9 @@ async fn park_scales_to_zero_and_keeps_the_secret() {
             );
             assert_eq!(call.json(), json!({"spec": {"replicas": 0}}));
             call.answer(200, &deployment(0, "i-1"));
+            // Only pods are waited for: the Secret is neither read nor deleted.
+            expect_flow_pods(&mut api, vec![pod("p", "u1", "i-1", running())]).await;
+            expect_flow_pods(&mut api, vec![]).await;
         },
     )
     .await
