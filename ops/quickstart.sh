@@ -44,12 +44,19 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# A password for Redis's default user: every pump signs in as its own Redis user, limited to
+# its flow, which an open default user would make pointless.
+redis_password="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$state" \
-    >"$state/redis.log" 2>&1 &
+    --requirepass "$redis_password" >"$state/redis.log" 2>&1 &
 pids+=($!)
 
+# A fresh master key for flow secrets, readable by this user only; never committed anywhere.
+(umask 077 && "$bin/pumphouse" secrets new-key >"$state/master.key")
+
 "$bin/pumphouse" serve --listen "$listen" --store "sqlite://$state/pumphouse.db" \
-    --redis "redis://127.0.0.1:$redis_port" --backend "$backend" --log-format text \
+    --redis "redis://default:$redis_password@127.0.0.1:$redis_port" --backend "$backend" --log-format text \
+    --master-key-file "$state/master.key" \
     2> >(tee "$state/pumphouse.log" >&2) &
 server_pid=$!
 pids+=("$server_pid")
@@ -77,6 +84,11 @@ line wakes it again. See what it did:
 
   $bin/pumphouse --api $PUMPHOUSE_API flow executions hello
   $bin/pumphouse --api $PUMPHOUSE_API flow logs hello
+
+Give it a secret (encrypted with the key in $state/master.key; the pump sees it as
+API_KEY from its next start):
+
+  printf %s "\$VALUE" | $bin/pumphouse --api $PUMPHOUSE_API flow secret set hello API_KEY
 
 Ctrl-C stops everything.
 MSG

@@ -14,6 +14,7 @@ use crate::bus::{self, Bus, BusError};
 use crate::dispatcher::Dispatcher;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
+use crate::secrets::MasterKey;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{PumpSettings, Supervisor, SupervisorError};
 
@@ -53,9 +54,15 @@ pub struct ServeConfig {
     pub lease_ttl: Duration,
     /// This replica's name in the lease; the host name by default.
     pub replica: Option<String>,
-    pub api_token: Option<String>,
+    pub admin_token: Option<String>,
     /// Base URL in the webhook URLs handed out; `http://<listen>` by default.
     pub public_url: Option<String>,
+    /// How long a caller waits for an answer (plus any `?wait=` it asked for). Past it the
+    /// caller gets 503 and the handler still finishes.
+    pub request_timeout: Duration,
+    /// Seals and opens flow secrets; without it secrets cannot be set, nor flows that have
+    /// some started.
+    pub master_key: Option<Arc<MasterKey>>,
 }
 
 impl ServeConfig {
@@ -84,8 +91,10 @@ impl ServeConfig {
             resync_interval: pumps.resync_interval,
             lease_ttl: Duration::from_secs(10),
             replica: None,
-            api_token: None,
+            admin_token: None,
             public_url: None,
+            request_timeout: Duration::from_secs(30),
+            master_key: None,
         }
     }
 }
@@ -100,6 +109,8 @@ pub enum StartupError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error(transparent)]
+    PumpUsers(#[from] crate::pump_users::PumpUsersError),
     #[error("cannot listen on {addr}: {source}; choose another address with --listen")]
     Listen {
         addr: SocketAddr,
@@ -180,6 +191,10 @@ impl Application {
     /// Whatever cannot be reached, with what to do about it.
     pub async fn build(config: ServeConfig) -> Result<Application, StartupError> {
         let store = Store::connect(&config.store_url).await?;
+        // The admin's flows live here; it exists from the start so it can be given tokens.
+        store
+            .ensure_tenant(crate::api::DEFAULT_TENANT, "Default tenant")
+            .await?;
         let bus = Bus::connect(&config.redis_url).await?;
         let backend = select_backend(&config).await?;
         let metrics = Arc::new(Metrics::new());
@@ -192,6 +207,8 @@ impl Application {
             .pump_redis_url
             .clone()
             .unwrap_or_else(|| config.redis_url.clone());
+        let pump_users =
+            crate::pump_users::PumpUsers::connect(&config.redis_url, &pump_redis).await?;
         let supervisor = Arc::new(Supervisor::new(
             store.clone(),
             backend,
@@ -203,9 +220,11 @@ impl Application {
                 crash_limit: config.crash_limit,
                 crash_window: config.crash_window,
                 resync_interval: config.resync_interval,
+                master_key: config.master_key.clone(),
                 ..PumpSettings::new(&config.pump_image, &pump_redis)
             },
             metrics.clone(),
+            pump_users,
         ));
         let replica = config.replica.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
@@ -236,10 +255,14 @@ impl Application {
                 addr: config.listen,
                 source,
             })?;
-        if config.api_token.is_none() {
+        if config.admin_token.is_none() {
             tracing::warn!(
-                "no --api-token: the management API is open to anyone who can reach {local}"
+                "no --admin-token: the management API is open to anyone who can reach {local}"
             );
+        }
+        match &config.master_key {
+            Some(key) => tracing::info!(key_id = key.id(), "flow secrets are sealed with this master key"),
+            None => tracing::info!("no master key: flow secrets cannot be set; give one with --master-key-file or PUMPHOUSE_MASTER_KEY"),
         }
         let state = AppState {
             store,
@@ -249,7 +272,8 @@ impl Application {
             leadership: leadership.clone(),
             metrics,
             rate_limiter: Default::default(),
-            api_token: config.api_token.clone(),
+            admin_token: config.admin_token.clone(),
+            request_timeout: config.request_timeout,
             public_url: config
                 .public_url
                 .clone()

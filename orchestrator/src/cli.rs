@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::app::{Application, ServeConfig};
 use crate::backend::BackendKind;
 use crate::client::Client;
+use crate::secrets::MasterKey;
 
 #[derive(Debug, Parser)]
 #[command(name = "pumphouse", version, about = "Per-flow container orchestrator")]
@@ -42,6 +43,20 @@ enum Command {
     /// Manage flows.
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// Manage tenants and their API tokens (the admin token; a tenant may manage its own tokens).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Show who changed what: the audit log of your tenant.
+    Audit {
+        /// Only this flow (name or id), deleted or not.
+        #[arg(long)]
+        flow: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// The master key that seals flow secrets: make one, rotate it.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Send a trigger to a flow, as its "Run" button would.
     Trigger {
         /// The flow's name or id.
@@ -94,6 +109,66 @@ enum FlowCommand {
     Rm { name: String },
     /// Give a flow a new webhook token; the old one stops working at once.
     RotateToken { name: String },
+    /// Set, list or delete a flow's secrets (environment variables stored encrypted).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Set a secret, reading its value from stdin (never from the command line, which `ps`
+    /// shows): `pumphouse flow secret set hello API_KEY < api.key`.
+    Set {
+        /// The flow's name or id.
+        flow: String,
+        /// The variable the pump sees.
+        name: String,
+        /// Keep one trailing newline of the input, which is dropped by default.
+        #[arg(long)]
+        keep_newline: bool,
+    },
+    /// List a flow's secrets by name (values are never shown).
+    Ls { flow: String },
+    /// Delete a secret.
+    Rm { flow: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Print a new random master key (base64 of 32 bytes) for --master-key-file.
+    NewKey,
+    /// Re-seal every flow secret in a store from an old master key to a new one, in one
+    /// transaction; then restart the servers with the new key.
+    ReEncrypt {
+        /// The store, as `pumphouse serve --store` names it.
+        #[arg(long, env = "PUMPHOUSE_STORE", hide_env_values = true)]
+        store: String,
+        /// File holding the key the secrets are sealed with now.
+        #[arg(long)]
+        from_key_file: PathBuf,
+        /// File holding the new key.
+        #[arg(long)]
+        to_key_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints its first API token, shown only then.
+    Create {
+        /// 1 to 40 lower-case letters, digits and dashes.
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tenants.
+    Ls,
+    /// List a tenant's API tokens (never the tokens themselves).
+    Tokens { tenant: String },
+    /// Give a tenant a new API token, shown only now.
+    AddToken { tenant: String, name: String },
+    /// Revoke an API token at once.
+    RevokeToken { tenant: String, token_id: String },
 }
 
 #[derive(Debug, Args)]
@@ -170,12 +245,22 @@ struct ServeArgs {
     /// This replica's name in the leader lease; the host name by default.
     #[arg(long, env = "PUMPHOUSE_REPLICA")]
     replica: Option<String>,
-    /// Bearer token required on the management API. Without it the API is open.
-    #[arg(long, env = "PUMPHOUSE_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
+    /// The admin's bearer token: manages tenants and acts on the default tenant's flows.
+    /// Without it, callers without a token act as the admin (development only).
+    #[arg(long, env = "PUMPHOUSE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Base URL used in the webhook URLs handed out.
     #[arg(long, env = "PUMPHOUSE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// How long a caller waits for an answer (plus any `?wait=`); past it the caller gets 503
+    /// and the change still completes.
+    #[arg(long, env = "PUMPHOUSE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// File holding the master key for flow secrets (base64 of 32 bytes; make one with
+    /// `pumphouse secrets new-key`). The key itself may be given in PUMPHOUSE_MASTER_KEY
+    /// instead; there is no flag for it, since the command line is visible to every user.
+    #[arg(long, env = "PUMPHOUSE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
     /// `json` (one object a line) or `text`; `text` when stderr is a terminal by default.
     #[arg(long, env = "PUMPHOUSE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -209,6 +294,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Flow(cmd) => flow(&client, cmd, cli.output == "json").await,
+        Command::Tenant(cmd) => tenant(&client, cmd, cli.output == "json").await,
+        Command::Audit { flow, limit } => {
+            let mut path = format!("/api/audit?limit={limit}");
+            if let Some(f) = flow {
+                path.push_str(&format!("&flow={}", urlencoding(&f)));
+            }
+            let log = client.get(&path).await?;
+            if cli.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&log)?);
+                return Ok(());
+            }
+            println!("{:<24} {:<26} {:<20} WHO", "WHEN (UTC)", "ACTION", "FLOW");
+            for e in log.as_array().cloned().unwrap_or_default() {
+                let what = match e["detail"].as_str() {
+                    Some(d) => format!("{} {d}", e["action"].as_str().unwrap_or("")),
+                    None => e["action"].as_str().unwrap_or("").to_string(),
+                };
+                println!(
+                    "{:<24} {:<26} {:<20} {}",
+                    crate::api::status_page::utc(e["at"].as_i64().unwrap_or(0)),
+                    what,
+                    e["flow_name"].as_str().unwrap_or("-"),
+                    e["actor"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Secrets(cmd) => secrets_command(cmd).await,
         Command::Trigger { name, data } => {
             let body = match data {
                 Some(d) => {
@@ -279,13 +392,153 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         resync_interval: args.resync_interval,
         lease_ttl: args.lease_ttl,
         replica: args.replica,
-        api_token: args.api_token,
+        admin_token: args.admin_token,
         public_url: args.public_url,
+        request_timeout: args.request_timeout,
+        master_key: master_key(args.master_key_file.as_deref())?.map(std::sync::Arc::new),
     };
     let app = Application::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("stopped serving; pumps keep running");
     Ok(())
+}
+
+/// The server's master key: from the file, or from PUMPHOUSE_MASTER_KEY, never both.
+fn master_key(file: Option<&std::path::Path>) -> anyhow::Result<Option<MasterKey>> {
+    let from_env = std::env::var("PUMPHOUSE_MASTER_KEY")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(zeroize::Zeroizing::new);
+    match (file, from_env) {
+        (Some(_), Some(_)) => {
+            bail!("both --master-key-file and PUMPHOUSE_MASTER_KEY are set; keep one of them")
+        }
+        (Some(path), None) => Ok(Some(MasterKey::from_file(path)?)),
+        (None, Some(text)) => Ok(Some(MasterKey::from_base64(
+            &text,
+            " in PUMPHOUSE_MASTER_KEY",
+        )?)),
+        (None, None) => Ok(None),
+    }
+}
+
+async fn secrets_command(cmd: SecretsCommand) -> anyhow::Result<()> {
+    match cmd {
+        SecretsCommand::NewKey => {
+            println!("{}", &*MasterKey::generate_base64());
+            Ok(())
+        }
+        SecretsCommand::ReEncrypt {
+            store,
+            from_key_file,
+            to_key_file,
+        } => {
+            let from = MasterKey::from_file(&from_key_file)?;
+            let to = MasterKey::from_file(&to_key_file)?;
+            let store = crate::store::Store::connect(&store).await?;
+            let done = crate::secrets::reencrypt(&store, &from, &to).await?;
+            println!(
+                "re-encrypted {} secret(s) from key {} to key {}; {} already under the new key",
+                done.resealed,
+                from.id(),
+                to.id(),
+                done.already
+            );
+            println!("now restart every server with --master-key-file {} (a server still on the old key cannot start flows with secrets)", to_key_file.display());
+            Ok(())
+        }
+    }
+}
+
+async fn secret_command(client: &Client, cmd: SecretCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        SecretCommand::Set {
+            flow,
+            name,
+            keep_newline,
+        } => {
+            use std::io::{IsTerminal as _, Read as _};
+            let mut stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                // Typed at a terminal, the value would echo on the screen and stay in scrollback.
+                bail!("pipe the value in rather than typing it: `pumphouse flow secret set {flow} {name} < FILE`, or `printf %s \"$VALUE\" | pumphouse flow secret set {flow} {name}`");
+            }
+            let mut value = zeroize::Zeroizing::new(Vec::new());
+            stdin
+                .read_to_end(&mut value)
+                .context("cannot read the secret's value from stdin")?;
+            if !keep_newline {
+                let ending = if value.ends_with(b"\r\n") {
+                    2
+                } else {
+                    usize::from(value.ends_with(b"\n"))
+                };
+                let keep = value.len() - ending;
+                value.truncate(keep);
+            }
+            let v = client
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/api/flows/{flow}/secrets/{name}"),
+                    Some((value.to_vec(), "application/octet-stream")),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "secret {name} of flow {flow} {}; {}",
+                v["change"].as_str().unwrap_or("set"),
+                v["note"].as_str().unwrap_or("")
+            );
+            Ok(())
+        }
+        SecretCommand::Ls { flow } => {
+            let v = client.get(&format!("/api/flows/{flow}/secrets")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let list = v["secrets"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("flow {flow} has no secrets; set one with `pumphouse flow secret set {flow} NAME < FILE`");
+                return Ok(());
+            }
+            let server_key = v["master_key_id"].as_str();
+            let now = crate::store::now_ms();
+            println!("{:<32} {:<14} KEY", "NAME", "UPDATED");
+            for s in list {
+                let key = s["key_id"].as_str().unwrap_or("");
+                let stale = match server_key {
+                    Some(k) if k != key => {
+                        " (not this server's key: run `pumphouse secrets re-encrypt`)"
+                    }
+                    _ => "",
+                };
+                println!(
+                    "{:<32} {:<14} {key}{stale}",
+                    s["name"].as_str().unwrap_or(""),
+                    ago(now - s["updated_at"].as_i64().unwrap_or(now)),
+                );
+            }
+            Ok(())
+        }
+        SecretCommand::Rm { flow, name } => {
+            let v = client
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/flows/{flow}/secrets/{name}"),
+                    None,
+                )
+                .await?;
+            println!(
+                "secret {name} of flow {flow} deleted; {}",
+                v["note"].as_str().unwrap_or("")
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -309,8 +562,114 @@ fn ago(ms: i64) -> String {
     }
 }
 
+/// Percent-encodes a query value (names may hold anything a manifest allows).
+fn urlencoding(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn tenant(client: &Client, cmd: TenantCommand, json: bool) -> anyhow::Result<()> {
+    let print_json = |v: &Value| -> anyhow::Result<bool> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(v)?);
+        }
+        Ok(json)
+    };
+    match cmd {
+        TenantCommand::Create { id, name } => {
+            let body = serde_json::json!({"id": id, "name": name});
+            let v = client
+                .call(
+                    reqwest::Method::POST,
+                    "/api/tenants",
+                    Some((body.to_string().into_bytes(), "application/json")),
+                )
+                .await?;
+            if !print_json(&v)? {
+                println!("tenant {id} created");
+                println!("its API token (shown only now; keep it secret):");
+                println!("  {}", v["api_token"].as_str().unwrap_or("?"));
+                println!("use it with: PUMPHOUSE_TOKEN=<token> pumphouse flow ls");
+            }
+        }
+        TenantCommand::Ls => {
+            let v = client.get("/api/tenants").await?;
+            if !print_json(&v)? {
+                println!("{:<24} {:<24} CREATED (UTC)", "ID", "NAME");
+                for t in v.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<24} {:<24} {}",
+                        t["id"].as_str().unwrap_or(""),
+                        t["name"].as_str().unwrap_or(""),
+                        crate::api::status_page::utc(t["created_at"].as_i64().unwrap_or(0))
+                    );
+                }
+            }
+        }
+        TenantCommand::Tokens { tenant } => {
+            let v = client.get(&format!("/api/tenants/{tenant}/tokens")).await?;
+            if !print_json(&v)? {
+                println!(
+                    "{:<38} {:<20} {:<24} REVOKED (UTC)",
+                    "ID", "NAME", "CREATED (UTC)"
+                );
+                for t in v.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<38} {:<20} {:<24} {}",
+                        t["id"].as_str().unwrap_or(""),
+                        t["name"].as_str().unwrap_or(""),
+                        crate::api::status_page::utc(t["created_at"].as_i64().unwrap_or(0)),
+                        t["revoked_at"]
+                            .as_i64()
+                            .map(crate::api::status_page::utc)
+                            .unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+        }
+        TenantCommand::AddToken { tenant, name } => {
+            let body = serde_json::json!({ "name": name });
+            let v = client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/tenants/{tenant}/tokens"),
+                    Some((body.to_string().into_bytes(), "application/json")),
+                )
+                .await?;
+            if !print_json(&v)? {
+                println!(
+                    "token {name} ({}) created for tenant {tenant}",
+                    v["token"]["id"].as_str().unwrap_or("?")
+                );
+                println!("the token (shown only now; keep it secret):");
+                println!("  {}", v["api_token"].as_str().unwrap_or("?"));
+            }
+        }
+        TenantCommand::RevokeToken { tenant, token_id } => {
+            let v = client
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/tenants/{tenant}/tokens/{token_id}"),
+                    None,
+                )
+                .await?;
+            if !print_json(&v)? {
+                println!("token {token_id} of tenant {tenant} revoked; it is refused from now on");
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
+        FlowCommand::Secret(cmd) => secret_command(client, cmd, json).await,
         FlowCommand::Apply { file } => {
             let text = std::fs::read(&file)
                 .with_context(|| format!("cannot read the manifest {}", file.display()))?;

@@ -6,10 +6,13 @@
 //! - [`api`]: the HTTP API (axum).
 //! - [`manifest`]: the flow manifest, parsed and checked.
 //! - [`store`]: tenants, flows, executions and flow events in SQLite or PostgreSQL.
+//! - [`tenants`]: tenants' API tokens and the audit log.
 //! - [`backend`]: where pumps run: [`backend::docker`], [`backend::process`].
 //! - [`bus`]: Redis pub/sub for triggers, the events stream for what pumps report.
 //! - [`dispatcher`]: durable acceptance and re-delivery of triggers.
+//! - [`pump_users`]: each pump's own Redis ACL user, limited to its flow's keys and channel.
 //! - [`supervisor`]: starts and stops pumps, and applies what pumps and backends report.
+//! - [`secrets`]: flow secrets sealed with AES-256-GCM under the master key.
 //! - [`leadership`]: which replica runs the supervision loops (a lease with fencing).
 //! - [`cli`] and [`client`]: the `pumphouse` command and its API client.
 //!
@@ -26,6 +29,9 @@ pub mod flow_locks;
 pub mod leadership;
 pub mod manifest;
 pub mod metrics;
+pub mod pump_users;
+pub mod secrets;
 pub mod store;
 pub mod supervisor;
+pub mod tenants;
 pub mod token;

@@ -1,4 +1,5 @@
-//! The store: tenants, flows, executions and flow events, in SQLite or PostgreSQL.
+//! The store: tenants, flows, executions, flow events and sealed flow secrets, in SQLite or
+//! PostgreSQL.
 //!
 //! One implementation serves both databases through sqlx's `Any` driver: the schema keeps to
 //! types both share (TEXT, BIGINT Unix milliseconds, JSON as TEXT) and every statement is written
@@ -16,6 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row as _};
+
+use crate::secrets::Sealed;
 
 /// Which database a store URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a flow named `{0}` exists already; update it with PUT /api/flows/{{id}} or `pumphouse flow apply`")]
     NameTaken(String),
+    #[error("a tenant `{0}` exists already; list tenants with `pumphouse tenant ls`")]
+    TenantExists(String),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
 }
@@ -167,7 +172,7 @@ pub fn now_ms() -> i64 {
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     dialect: Dialect,
 }
 
@@ -255,7 +260,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NameTaken`] when the tenant has a flow of that name.
-    pub async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+    pub async fn create_flow(&self, flow: &FlowRecord, actor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(&format!(
             "INSERT INTO flows ({FLOW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -283,7 +288,7 @@ impl Store {
                 e.into()
             });
         }
-        insert_event(&mut tx, &flow.id, None, &flow.status, "created", "api").await?;
+        insert_event(&mut tx, &flow.id, None, &flow.status, "created", actor).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -295,6 +300,7 @@ impl Store {
         manifest: &str,
         idle_timeout_ms: i64,
         keep_alive: bool,
+        actor: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
@@ -310,7 +316,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(false);
         }
-        note_event(&mut tx, id, "manifest updated", "api").await?;
+        note_event(&mut tx, id, "manifest updated", actor).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -791,6 +797,195 @@ impl Store {
     }
 }
 
+/// A flow secret as listed: its name, the master key that sealed it and when it was set. Never
+/// its value.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct SecretInfo {
+    pub name: String,
+    /// The id of the master key that sealed it; after a key rotation, secrets still under the old
+    /// id need `pumphouse secrets re-encrypt`.
+    pub key_id: String,
+    pub updated_at: i64,
+}
+
+/// What [`Store::put_secret`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretPut {
+    Created,
+    Replaced,
+    /// The flow has `limit` secrets already; nothing was stored.
+    TooMany {
+        limit: usize,
+    },
+}
+
+/// One stored secret, sealed, with whose it is.
+#[derive(Debug, Clone)]
+pub struct StoredSecret {
+    pub flow_id: String,
+    pub name: String,
+    pub sealed: Sealed,
+}
+
+/// Every flow secret, read and rewritten in one transaction that holds the table's write lock:
+/// a master key rotation commits whole or not at all, and no secret set meanwhile is lost.
+pub struct SecretsRewrite {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl SecretsRewrite {
+    /// Every secret of every flow, by flow and name.
+    pub async fn all(&mut self) -> Result<Vec<StoredSecret>> {
+        let rows = sqlx::query(
+            "SELECT flow_id, name, key_id, nonce, ciphertext FROM flow_secrets ORDER BY flow_id, name",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredSecret {
+                    flow_id: r.try_get("flow_id")?,
+                    name: r.try_get("name")?,
+                    sealed: sealed_from_row(r)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces one secret's sealed value, keeping its `updated_at` (the value did not change).
+    pub async fn replace(&mut self, s: &StoredSecret) -> Result<()> {
+        sqlx::query(
+            "UPDATE flow_secrets SET key_id = $3, nonce = $4, ciphertext = $5 WHERE flow_id = $1 AND name = $2",
+        )
+        .bind(&s.flow_id)
+        .bind(&s.name)
+        .bind(&s.sealed.key_id)
+        .bind(&s.sealed.nonce)
+        .bind(&s.sealed.ciphertext)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Stores a sealed secret for a flow, replacing one of the same name, and records that it
+    /// was set (by name) as a flow event.
+    pub async fn put_secret(
+        &self,
+        flow_id: &str,
+        name: &str,
+        sealed: &Sealed,
+        limit: usize,
+        actor: &str,
+    ) -> Result<SecretPut> {
+        let mut tx = self.pool.begin().await?;
+        let existing = sqlx::query("SELECT COUNT(*) AS n, SUM(CASE WHEN name = $2 THEN 1 ELSE 0 END) AS same FROM flow_secrets WHERE flow_id = $1")
+            .bind(flow_id)
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        let count: i64 = existing.try_get("n")?;
+        let replacing = existing.try_get::<Option<i64>, _>("same")?.unwrap_or(0) > 0;
+        if !replacing && count >= limit as i64 {
+            return Ok(SecretPut::TooMany { limit });
+        }
+        sqlx::query(
+            "INSERT INTO flow_secrets (flow_id, name, key_id, nonce, ciphertext, updated_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (flow_id, name) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+        )
+        .bind(flow_id)
+        .bind(name)
+        .bind(&sealed.key_id)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        note_event(&mut tx, flow_id, &format!("secret `{name}` set"), actor).await?;
+        tx.commit().await?;
+        Ok(if replacing {
+            SecretPut::Replaced
+        } else {
+            SecretPut::Created
+        })
+    }
+
+    /// A flow's secrets by name, without values.
+    pub async fn secret_names(&self, flow_id: &str) -> Result<Vec<SecretInfo>> {
+        let rows = sqlx::query(
+            "SELECT name, key_id, updated_at FROM flow_secrets WHERE flow_id = $1 ORDER BY name",
+        )
+        .bind(flow_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SecretInfo {
+                    name: r.try_get("name")?,
+                    key_id: r.try_get("key_id")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A flow's secrets, sealed, by name: what a pump start decrypts.
+    pub async fn sealed_secrets(&self, flow_id: &str) -> Result<Vec<(String, Sealed)>> {
+        let rows = sqlx::query(
+            "SELECT name, key_id, nonce, ciphertext FROM flow_secrets WHERE flow_id = $1 ORDER BY name",
+        )
+        .bind(flow_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, sealed_from_row(r)?)))
+            .collect()
+    }
+
+    /// Deletes one secret; `false` when the flow had none of that name.
+    pub async fn delete_secret(&self, flow_id: &str, name: &str, actor: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query("DELETE FROM flow_secrets WHERE flow_id = $1 AND name = $2")
+            .bind(flow_id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        note_event(&mut tx, flow_id, &format!("secret `{name}` deleted"), actor).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Opens a rewrite of every secret (a master key rotation), holding the table's write lock
+    /// until it commits or is dropped.
+    pub async fn rewrite_secrets(&self) -> Result<SecretsRewrite> {
+        let mut tx = self.pool.begin().await?;
+        let lock = match self.dialect {
+            // Blocks writers (a PUT on a replica) but not readers until the commit.
+            Dialect::Postgres => "LOCK TABLE flow_secrets IN SHARE ROW EXCLUSIVE MODE",
+            // Any write statement takes SQLite's one write lock for the rest of the transaction.
+            Dialect::Sqlite => "DELETE FROM flow_secrets WHERE 1 = 0",
+        };
+        sqlx::query(lock).execute(&mut *tx).await?;
+        Ok(SecretsRewrite { tx })
+    }
+}
+
+fn sealed_from_row(r: &AnyRow) -> Result<Sealed> {
+    Ok(Sealed {
+        key_id: r.try_get("key_id")?,
+        nonce: r.try_get("nonce")?,
+        ciphertext: r.try_get("ciphertext")?,
+    })
+}
+
 async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     flow_id: &str,
@@ -832,7 +1027,7 @@ async fn note_event(
     Ok(())
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             db.is_unique_violation() || db.message().contains("UNIQUE constraint failed")
@@ -877,5 +1072,60 @@ fn exec_from_row(r: &AnyRow) -> Result<ExecutionRecord> {
         started_at: r.try_get("started_at")?,
         completed_at: r.try_get("completed_at")?,
         instance_id: r.try_get("instance_id")?,
+    })
+}
+
+/// A flow's Redis ACL user as the store remembers it: enough to create the user again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PumpCredentials {
+    pub flow_id: String,
+    pub tenant_id: String,
+    pub status: String,
+    /// Hex SHA-256 of each password that may sign in (see migration 0006).
+    pub password_hashes: Vec<String>,
+}
+
+impl Store {
+    /// Remembers the hashes of the passwords that may sign in as the flow's Redis user;
+    /// empty forgets them (the user is gone).
+    pub async fn set_redis_password_hashes(&self, flow_id: &str, hashes: &[String]) -> Result<()> {
+        let joined = (!hashes.is_empty()).then(|| hashes.join(" "));
+        sqlx::query("UPDATE flows SET redis_password_hashes = $2 WHERE id = $1")
+            .bind(flow_id)
+            .bind(joined)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The flow's Redis user, if it has one.
+    pub async fn pump_credentials(&self, flow_id: &str) -> Result<Option<PumpCredentials>> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, status, redis_password_hashes FROM flows WHERE id = $1 AND redis_password_hashes IS NOT NULL",
+        )
+        .bind(flow_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(credentials_from_row).transpose()
+    }
+
+    /// Every flow that has a Redis user.
+    pub async fn all_pump_credentials(&self) -> Result<Vec<PumpCredentials>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, status, redis_password_hashes FROM flows WHERE redis_password_hashes IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(credentials_from_row).collect()
+    }
+}
+
+fn credentials_from_row(r: &AnyRow) -> Result<PumpCredentials> {
+    let hashes: String = r.try_get("redis_password_hashes")?;
+    Ok(PumpCredentials {
+        flow_id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        status: r.try_get("status")?,
+        password_hashes: hashes.split_whitespace().map(str::to_owned).collect(),
     })
 }

@@ -64,6 +64,12 @@ pub mod channels {
     pub fn tenant_prefix(tenant_id: &str, flow_id: &str) -> String {
         format!("tenant:{tenant_id}:flow:{flow_id}:")
     }
+
+    /// The Redis stream a flow's pump appends its events to (contract v2): under the flow's own
+    /// prefix, so no pump can read, trim or forge another flow's events.
+    pub fn events_stream(tenant_id: &str, flow_id: &str) -> String {
+        format!("{}events", tenant_prefix(tenant_id, flow_id))
+    }
 }
 
 /// One trigger, published as JSON on `trigger:{flow_id}`.

@@ -97,8 +97,9 @@ async fn an_update_replaces_the_manifest_and_a_rename_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_an_api_token_the_management_routes_refuse_anonymous_calls() {
-    let app = TestApp::spawn_with(Backend::Process, |c| c.api_token = Some("letmein".into())).await;
+async fn with_an_admin_token_the_management_routes_refuse_anonymous_calls() {
+    let app =
+        TestApp::spawn_with(Backend::Process, |c| c.admin_token = Some("letmein".into())).await;
     let (code, body) = app.get("/api/flows").await;
     assert_eq!(code, 401, "{body}");
     let resp = app
@@ -152,7 +153,7 @@ async fn a_rotated_webhook_token_works_at_once_and_the_old_one_is_refused() {
         .find(|e| e["reason"] == "webhook token rotated");
     assert_eq!(
         audit.unwrap()["actor"],
-        "api",
+        "admin",
         "the rotation is in the flow's events"
     );
     let (_, listed) = app.get("/api/flows").await;

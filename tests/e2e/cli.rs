@@ -84,3 +84,53 @@ async fn the_cli_applies_starts_triggers_and_stops_a_flow() {
     let (ok, out) = tokio::task::block_in_place(|| cli(&app, &["flow", "start", "no-such-flow"]));
     assert!(!ok && out.contains("no flow `no-such-flow`"), "{out}");
 }
+
+fn cli_as(app: &TestApp, token: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(pumphouse_binary())
+        .args(args)
+        .env("PUMPHOUSE_API", &app.base)
+        .env("PUMPHOUSE_TOKEN", token)
+        .output()
+        .expect("running pumphouse");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_a_tenant_whose_token_sees_its_own_flows_and_reads_the_audit_log() {
+    let app = TestApp::spawn_with(Backend::Process, |c| c.admin_token = Some("root".into())).await;
+    let (ok, out) =
+        tokio::task::block_in_place(|| cli_as(&app, "root", &["tenant", "create", "acme"]));
+    assert!(ok, "{out}");
+    let token = out
+        .split_whitespace()
+        .find(|w| w.starts_with("pht_"))
+        .unwrap_or_else(|| panic!("no token printed: {out}"))
+        .to_string();
+    let dir = TempDir::new("pumphouse-cli");
+    let file = dir.0.join("flow.yaml");
+    std::fs::write(&file, "name: acme-flow\nconfig:\n  steps:\n    - log: hi\n").unwrap();
+    let file = file.to_str().unwrap();
+    let (ok, out) =
+        tokio::task::block_in_place(|| cli_as(&app, &token, &["flow", "apply", "-f", file]));
+    assert!(ok, "{out}");
+    let (_, out) = tokio::task::block_in_place(|| cli_as(&app, "root", &["flow", "ls"]));
+    assert!(
+        !out.contains("acme-flow"),
+        "the admin's tenant does not list acme's flow: {out}"
+    );
+    let (ok, out) = tokio::task::block_in_place(|| cli_as(&app, &token, &["audit"]));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("flow.create") && out.contains("acme-flow") && out.contains("token `initial`"),
+        "{out}"
+    );
+    let (ok, out) = tokio::task::block_in_place(|| cli_as(&app, &token, &["tenant", "ls"]));
+    assert!(!ok && out.contains("admin token"), "{out}");
+    let (ok, out) = tokio::task::block_in_place(|| cli_as(&app, "wrong", &["flow", "ls"]));
+    assert!(!ok && out.contains("API token"), "{out}");
+}

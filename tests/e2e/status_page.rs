@@ -251,9 +251,9 @@ async fn status_page_shows_every_flow_its_executions_and_failures_escaped_in_a_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_page_needs_the_api_token_like_the_management_routes() {
+async fn status_page_needs_the_admin_token_like_the_management_routes() {
     let app = TestApp::spawn_with(Backend::Process, |c| {
-        c.api_token = Some("operator-secret".into())
+        c.admin_token = Some("operator-secret".into())
     })
     .await;
     let resp = app.http.get(app.url("/status")).send().await.unwrap();

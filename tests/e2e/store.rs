@@ -39,7 +39,7 @@ async fn store_suite(store: Store) {
 
     // Flows: create, read by id and name, unique names per tenant, list in name order.
     let a = flow("alpha");
-    store.create_flow(&a).await.unwrap();
+    store.create_flow(&a, "test").await.unwrap();
     assert_eq!(store.get_flow(&a.id).await.unwrap().unwrap(), a);
     assert_eq!(
         store
@@ -55,13 +55,13 @@ async fn store_suite(store: Store) {
         .await
         .unwrap()
         .is_none());
-    let dup = store.create_flow(&flow("alpha")).await.unwrap_err();
+    let dup = store.create_flow(&flow("alpha"), "test").await.unwrap_err();
     assert!(
         matches!(dup, StoreError::NameTaken(ref n) if n == "alpha"),
         "{dup:?}"
     );
     let b = flow("beta");
-    store.create_flow(&b).await.unwrap();
+    store.create_flow(&b, "test").await.unwrap();
     let names: Vec<_> = store
         .list_flows("t1")
         .await
@@ -131,7 +131,7 @@ async fn store_suite(store: Store) {
         .await
         .unwrap());
     assert!(store
-        .update_manifest(&a.id, "name: alpha\nconfig: {b: 2}\n", 60_000, true)
+        .update_manifest(&a.id, "name: alpha\nconfig: {b: 2}\n", 60_000, true, "test")
         .await
         .unwrap());
     let got = store.get_flow(&a.id).await.unwrap().unwrap();
@@ -266,6 +266,87 @@ async fn store_suite(store: Store) {
     assert!(store.flow_events(&a.id, 10).await.unwrap().is_empty());
     assert!(!store.delete_flow(&a.id).await.unwrap());
     store.ping().await.unwrap();
+    tenancy_suite(&store).await;
+}
+
+/// Tenants, API tokens and the audit log.
+async fn tenancy_suite(store: &Store) {
+    use pumphouse::tenants::{AuditEntry, Tenant};
+    let acme = Tenant {
+        id: "acme".into(),
+        name: "Acme".into(),
+        created_at: now_ms(),
+    };
+    let first = store
+        .create_tenant(&acme, "initial", "hash-1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_tenant(&acme, "initial", "hash-9").await,
+        Err(StoreError::TenantExists(_))
+    ));
+    assert!(store.tenant_exists("acme").await.unwrap());
+    assert!(!store.tenant_exists("nobody").await.unwrap());
+    let second = store
+        .create_api_token("acme", "ci", "hash-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.api_token_by_hash("hash-2").await.unwrap().unwrap().id,
+        second.id
+    );
+    let revoked = store
+        .revoke_api_token("acme", &second.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(store.api_token_by_hash("hash-2").await.unwrap().is_none());
+    assert!(
+        store
+            .revoke_api_token("t1", &first.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "another tenant's token"
+    );
+    assert_eq!(
+        store
+            .api_token_by_hash("hash-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .tenant_id,
+        "acme"
+    );
+    assert_eq!(store.list_api_tokens("acme").await.unwrap().len(), 2);
+
+    for (action, flow) in [
+        ("flow.create", Some("f-1")),
+        ("token.create", None),
+        ("flow.delete", Some("f-1")),
+    ] {
+        store
+            .record_audit(&AuditEntry {
+                at: now_ms(),
+                tenant_id: "acme".into(),
+                actor: "admin".into(),
+                action: action.into(),
+                flow_id: flow.map(Into::into),
+                flow_name: flow.map(|_| "orders".into()),
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    let all = store.list_audit("acme", None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].action, "flow.delete", "newest first");
+    let by_name = store.list_audit("acme", Some("orders"), 10).await.unwrap();
+    let by_id = store.list_audit("acme", Some("f-1"), 10).await.unwrap();
+    assert_eq!(by_name.len(), 2);
+    assert_eq!(by_name, by_id);
+    assert!(store.list_audit("t1", None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -437,4 +518,103 @@ async fn the_lease_suite_passes_on_sqlite() {
 async fn the_lease_suite_passes_on_postgresql() {
     let pg = PostgresServer::start();
     lease_suite(Store::connect(&pg.url()).await.unwrap()).await;
+}
+
+/// Flow secrets in the store: set, replace, the per-flow limit, delete, a key rotation that is
+/// all or nothing, and secrets going with their flow.
+async fn secrets_suite(store: Store) {
+    use pumphouse::secrets::{reencrypt, MasterKey, ReencryptError};
+    use pumphouse::store::SecretPut;
+    let key = || MasterKey::from_base64(&MasterKey::generate_base64(), "").unwrap();
+    let (k1, k2, k3) = (key(), key(), key());
+    store.ensure_tenant("t1", "Tenant one").await.unwrap();
+    let (a, b) = (flow("sa"), flow("sb"));
+    store.create_flow(&a, "test").await.unwrap();
+    store.create_flow(&b, "test").await.unwrap();
+
+    let put = |f: &FlowRecord, name: &str, k: &MasterKey| {
+        let sealed = k.seal(&f.id, name, b"value");
+        let (store, id, name) = (store.clone(), f.id.clone(), name.to_string());
+        async move {
+            store
+                .put_secret(&id, &name, &sealed, 2, "test")
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(put(&a, "ONE", &k1).await, SecretPut::Created);
+    assert_eq!(put(&a, "ONE", &k1).await, SecretPut::Replaced);
+    assert_eq!(put(&a, "TWO", &k1).await, SecretPut::Created);
+    assert_eq!(put(&a, "THREE", &k1).await, SecretPut::TooMany { limit: 2 });
+    assert_eq!(
+        put(&a, "TWO", &k1).await,
+        SecretPut::Replaced,
+        "at the limit, replacing still works"
+    );
+    assert_eq!(put(&b, "ONE", &k1).await, SecretPut::Created);
+    let names: Vec<_> = store
+        .secret_names(&a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.key_id))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("ONE".to_string(), k1.id().to_string()),
+            ("TWO".to_string(), k1.id().to_string())
+        ]
+    );
+    assert!(store.delete_secret(&a.id, "TWO", "test").await.unwrap());
+    assert!(!store.delete_secret(&a.id, "TWO", "test").await.unwrap());
+    let reasons: Vec<_> = store
+        .flow_events(&a.id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.contains(&"secret `ONE` set".to_string())
+            && reasons.contains(&"secret `TWO` deleted".to_string()),
+        "{reasons:?}"
+    );
+
+    // Rotation: all resealed under k2 and still opening to the same value.
+    let done = reencrypt(&store, &k1, &k2).await.unwrap();
+    assert_eq!((done.resealed, done.already), (2, 0));
+    for (name, sealed) in store.sealed_secrets(&a.id).await.unwrap() {
+        assert_eq!(&*k2.open(&a.id, &name, &sealed).unwrap(), "value");
+    }
+    // One secret under a third key: the whole rotation fails and changes nothing.
+    assert_eq!(put(&b, "ROGUE", &k3).await, SecretPut::Created);
+    let before = store.sealed_secrets(&a.id).await.unwrap();
+    let err = reencrypt(&store, &k2, &k1).await.unwrap_err();
+    assert!(matches!(err, ReencryptError::UnknownKey { .. }), "{err}");
+    assert_eq!(store.sealed_secrets(&a.id).await.unwrap(), before);
+
+    // Deleting a flow deletes its secrets.
+    assert!(store.delete_flow(&b.id).await.unwrap());
+    assert!(store.sealed_secrets(&b.id).await.unwrap().is_empty());
+    let mut rewrite = store.rewrite_secrets().await.unwrap();
+    assert!(rewrite
+        .all()
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.flow_id == a.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_secrets_suite_passes_on_sqlite() {
+    let dir = TempDir::new("pumphouse-store");
+    let url = format!("sqlite://{}", dir.0.join("s.db").display());
+    secrets_suite(Store::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_secrets_suite_passes_on_postgresql() {
+    let pg = PostgresServer::start();
+    secrets_suite(Store::connect(&pg.url()).await.unwrap()).await;
 }

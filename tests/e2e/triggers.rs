@@ -87,14 +87,16 @@ async fn a_trigger_published_while_the_pump_is_unsubscribed_is_resent_until_it_l
     app.start(&flow).await;
     app.wait_status(&flow, "running").await;
 
-    // Cut the pump's subscription and keep it from subscribing again until we allow it.
+    // Cut the pump's subscription and keep its Redis user from subscribing again until we
+    // allow it.
+    let pump_user = format!("pump-{}", flow.id);
     let mut redis = redis::Client::open(app.redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
     let _: () = redis::cmd("ACL")
-        .arg(&["SETUSER", "default", "-subscribe", "-psubscribe"][..])
+        .arg(&["SETUSER", &pump_user, "-subscribe"][..])
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -118,7 +120,7 @@ async fn a_trigger_published_while_the_pump_is_unsubscribed_is_resent_until_it_l
     let (code, accepted) = app.webhook(&flow, &json!({"n": 3})).await;
     assert_eq!(code, 202);
     let _: () = redis::cmd("ACL")
-        .arg(&["SETUSER", "default", "+subscribe", "+psubscribe"][..])
+        .arg(&["SETUSER", &pump_user, "+subscribe"][..])
         .query_async(&mut redis)
         .await
         .unwrap();

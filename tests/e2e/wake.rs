@@ -98,12 +98,21 @@ async fn two_hundred_webhooks_at_zero_as_processes_start_one_pump_and_complete_i
 
 async fn two_hundred_webhooks_at_zero(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let flow = flow_at_zero(
-        &app,
-        "crowd",
-        "    - append: {key: order, value: '{{trigger.id}}'}\n    - respond: '{{payload.i}}'\n",
-    )
-    .await;
+    let steps =
+        "    - append: {key: order, value: '{{trigger.id}}'}\n    - respond: '{{payload.i}}'\n";
+    let flow = flow_at_zero(&app, "crowd", steps).await;
+    // At zero now. A loaded machine can leave more than a second between two of the 200 calls,
+    // and the 1 s idle timeout would then rightly scale the flow down between them: lengthen it.
+    // Only the idle policy changes, not the pump's config, so the parked container still fits.
+    let (code, body) = app
+        .call_as(
+            None,
+            reqwest::Method::PUT,
+            &format!("/api/flows/{}", flow.id),
+            &manifest("crowd", "idleTimeout: 10m\n", steps),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
     let parked = match backend {
         Backend::Docker => Some(parked_container(&app, &flow).await),
         Backend::Process => None,
@@ -131,7 +140,12 @@ async fn two_hundred_webhooks_at_zero(backend: Backend) {
     let execs = all_finished(&app, &flow, 200).await;
     assert!(
         execs.iter().all(|e| e["status"] == "completed"),
-        "all completed"
+        "all completed; these did not: {:#?}",
+        execs
+            .iter()
+            .filter(|e| e["status"] != "completed")
+            .map(|e| (&e["seq"], &e["status"], &e["error"]))
+            .collect::<Vec<_>>()
     );
     let wakes = events(&app, &flow)
         .await

@@ -67,9 +67,12 @@ fn require_program(name: &str, fix: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("`{name}` is not installed; {fix}"))
 }
 
-/// A private redis-server, killed on drop.
+/// A private redis-server, killed on drop. Its `default` user needs a password, as in
+/// production: otherwise a pump could sign in as `default` and its own user would limit nothing.
 pub struct RedisServer {
     pub port: u16,
+    /// The `default` (admin) user's password; [`RedisServer::url`] carries it.
+    pub password: String,
     child: Child,
     /// Holds the append-only file, so a restart keeps streams and consumer groups, as a
     /// production Redis with persistence would.
@@ -80,13 +83,19 @@ impl RedisServer {
     pub async fn start() -> RedisServer {
         let dir = TempDir::new("pumphouse-redis");
         let port = free_port();
-        let child = Self::spawn(port, &dir.0);
-        let server = RedisServer { port, child, dir };
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let child = Self::spawn(port, &password, &dir.0);
+        let server = RedisServer {
+            port,
+            password,
+            child,
+            dir,
+        };
         server.wait_ready().await;
         server
     }
 
-    fn spawn(port: u16, dir: &Path) -> Child {
+    fn spawn(port: u16, password: &str, dir: &Path) -> Child {
         let bin = require_program(
             "redis-server",
             "run ops/test.sh (it installs it) or `apt-get install -y redis-server`",
@@ -99,6 +108,8 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
+                "--requirepass",
+                password,
             ])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
@@ -136,12 +147,13 @@ impl RedisServer {
 
     /// Starts it again on the same port with the same data.
     pub async fn restart(&mut self) {
-        self.child = Self::spawn(self.port, &self.dir.0);
+        self.child = Self::spawn(self.port, &self.password, &self.dir.0);
         self.wait_ready().await;
     }
 
+    /// Signs in as the admin user.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://default:{}@127.0.0.1:{}", self.password, self.port)
     }
 }
 
@@ -694,6 +706,24 @@ impl TestApp {
             .await
             .expect("POST answered");
         read(resp).await
+    }
+
+    /// Any request, with a bearer token when given.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        read(req.send().await.expect("the server answered")).await
     }
 
     /// Creates a flow from a manifest and returns it with its webhook token.

@@ -4,10 +4,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use super::{find_flow, ApiError, AppState, DEFAULT_TENANT};
+use super::auth::{audit, Caller};
+use super::{find_flow, ApiError, AppState};
 use crate::manifest::{Manifest, ManifestError};
 use crate::store::{now_ms, status, ExecutionRecord, FlowRecord};
 use crate::token;
@@ -101,9 +102,12 @@ fn manifest_text(body: &Bytes) -> Result<&str, ApiError> {
 
 #[utoipa::path(get, path = "/api/flows", tag = "flows",
     responses((status = 200, body = [FlowSummary])))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FlowSummary>>, ApiError> {
-    let flows = state.store.list_flows(DEFAULT_TENANT).await?;
-    let last = state.store.last_triggers(DEFAULT_TENANT).await?;
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<FlowSummary>>, ApiError> {
+    let flows = state.store.list_flows(caller.tenant()).await?;
+    let last = state.store.last_triggers(caller.tenant()).await?;
     Ok(Json(
         flows
             .iter()
@@ -123,19 +127,19 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FlowSummary>
     responses((status = 201, body = CreatedFlow),
         (status = 409, body = super::ErrorBody, description = "a flow of that name exists"),
         (status = 422, body = super::ErrorBody, description = "the manifest is invalid; `field`, `line` and `column` say where")))]
-pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let text = manifest_text(&body)?;
     let manifest = Manifest::parse(text).map_err(ApiError::Manifest)?;
     let idle = manifest.idle_timeout().map_err(ApiError::Manifest)?;
-    state
-        .store
-        .ensure_tenant(DEFAULT_TENANT, "Default tenant")
-        .await?;
     let webhook_token = token::generate();
     let now = now_ms();
     let flow = FlowRecord {
         id: uuid::Uuid::new_v4().to_string(),
-        tenant_id: DEFAULT_TENANT.to_string(),
+        tenant_id: caller.tenant().to_string(),
         name: manifest.name.clone(),
         manifest: text.to_string(),
         desired_state: "stopped".into(),
@@ -149,7 +153,16 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
         created_at: now,
         updated_at: now,
     };
-    state.store.create_flow(&flow).await?;
+    state.store.create_flow(&flow, &caller.actor()).await?;
+    audit(
+        &state,
+        &caller,
+        &flow.tenant_id,
+        "flow.create",
+        Some((&flow.id, &flow.name)),
+        None,
+    )
+    .await;
     let webhook_url = webhook_url(&state, &flow.id, &webhook_token);
     let body = CreatedFlow {
         flow: FlowSummary::from(&flow),
@@ -183,17 +196,27 @@ pub struct RotatedToken {
         (status = 404, body = super::ErrorBody)))]
 pub async fn rotate_webhook_token(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<RotatedToken>, ApiError> {
-    let flow = find_flow(&state, &id).await?;
+    let flow = find_flow(&state, &caller, &id).await?;
     let webhook_token = token::generate();
     if !state
         .store
-        .rotate_webhook_token(&flow.id, &token::hash(&webhook_token), "api")
+        .rotate_webhook_token(&flow.id, &token::hash(&webhook_token), &caller.actor())
         .await?
     {
         return Err(ApiError::NotFound(format!("flow `{id}` is gone")));
     }
+    audit(
+        &state,
+        &caller,
+        &flow.tenant_id,
+        "flow.rotate-webhook-token",
+        Some((&flow.id, &flow.name)),
+        None,
+    )
+    .await;
     let webhook_url = webhook_url(&state, &flow.id, &webhook_token);
     Ok(Json(RotatedToken {
         webhook_token,
@@ -239,9 +262,10 @@ pub struct LogLines {
     responses((status = 200, body = FlowDetail), (status = 404, body = super::ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<FlowDetail>, ApiError> {
-    let flow = find_flow(&state, &id).await?;
+    let flow = find_flow(&state, &caller, &id).await?;
     Ok(Json(FlowDetail {
         flow: FlowSummary::from(&flow),
         manifest: flow.manifest,
@@ -254,10 +278,11 @@ pub async fn show(
     responses((status = 200, body = UpdatedFlow), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<UpdatedFlow>, ApiError> {
-    let flow = find_flow(&state, &id).await?;
+    let flow = find_flow(&state, &caller, &id).await?;
     let text = manifest_text(&body)?;
     let manifest = Manifest::parse(text).map_err(ApiError::Manifest)?;
     if manifest.name != flow.name {
@@ -274,9 +299,24 @@ pub async fn update(
     let idle = manifest.idle_timeout().map_err(ApiError::Manifest)?;
     state
         .store
-        .update_manifest(&flow.id, text, idle.as_millis() as i64, manifest.keep_alive)
+        .update_manifest(
+            &flow.id,
+            text,
+            idle.as_millis() as i64,
+            manifest.keep_alive,
+            &caller.actor(),
+        )
         .await?;
-    let updated = find_flow(&state, &flow.id).await?;
+    audit(
+        &state,
+        &caller,
+        &flow.tenant_id,
+        "flow.update",
+        Some((&flow.id, &flow.name)),
+        None,
+    )
+    .await;
+    let updated = find_flow(&state, &caller, &flow.id).await?;
     let restart_required = matches!(flow.status.as_str(), status::RUNNING | status::STARTING);
     Ok(Json(UpdatedFlow {
         flow: FlowSummary::from(&updated),
@@ -295,11 +335,21 @@ pub async fn update(
     responses((status = 204, description = "stopped and deleted with its history"), (status = 404, body = super::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let flow = find_flow(&state, &id).await?;
-    state.supervisor.stop(&flow, "api").await?;
+    let flow = find_flow(&state, &caller, &id).await?;
+    state.supervisor.stop(&flow, &caller.actor()).await?;
     state.store.delete_flow(&flow.id).await?;
+    audit(
+        &state,
+        &caller,
+        &flow.tenant_id,
+        "flow.delete",
+        Some((&flow.id, &flow.name)),
+        None,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -310,16 +360,26 @@ pub async fn delete(
         (status = 404, body = super::ErrorBody), (status = 502, body = super::ErrorBody, description = "the backend could not start the pump")))]
 pub async fn start(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let flow = find_flow(&state, &id).await?;
+    let flow = find_flow(&state, &caller, &id).await?;
     let already = flow.desired_state == "running"
         && matches!(flow.status.as_str(), status::RUNNING | status::STARTING);
     if already {
         return Ok((StatusCode::OK, Json(FlowSummary::from(&flow))).into_response());
     }
-    state.supervisor.start(&flow, "api").await?;
-    let flow = find_flow(&state, &flow.id).await?;
+    state.supervisor.start(&flow, &caller.actor()).await?;
+    audit(
+        &state,
+        &caller,
+        &flow.tenant_id,
+        "flow.start",
+        Some((&flow.id, &flow.name)),
+        None,
+    )
+    .await;
+    let flow = find_flow(&state, &caller, &flow.id).await?;
     Ok((StatusCode::ACCEPTED, Json(FlowSummary::from(&flow))).into_response())
 }
 
@@ -328,11 +388,21 @@ pub async fn start(
     responses((status = 200, body = FlowSummary), (status = 404, body = super::ErrorBody)))]
 pub async fn stop(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<FlowSummary>, ApiError> {
-    let flow = find_flow(&state, &id).await?;
-    state.supervisor.stop(&flow, "api").await?;
-    let flow = find_flow(&state, &flow.id).await?;
+    let flow = find_flow(&state, &caller, &id).await?;
+    state.supervisor.stop(&flow, &caller.actor()).await?;
+    audit(
+        &state,
+        &caller,
+        &flow.tenant_id,
+        "flow.stop",
+        Some((&flow.id, &flow.name)),
+        None,
+    )
+    .await;
+    let flow = find_flow(&state, &caller, &flow.id).await?;
     Ok(Json(FlowSummary::from(&flow)))
 }
 
@@ -341,9 +411,10 @@ pub async fn stop(
     responses((status = 200, body = crate::supervisor::FlowStatus), (status = 404, body = super::ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let flow = find_flow(&state, &id).await?;
+    let flow = find_flow(&state, &caller, &id).await?;
     let status = state.supervisor.status(&flow).await?;
     Ok(Json(status).into_response())
 }
@@ -364,10 +435,11 @@ pub struct TailQuery {
         (status = 404, body = super::ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<TailQuery>,
 ) -> Result<Response, ApiError> {
-    let flow = find_flow(&state, &id).await?;
+    let flow = find_flow(&state, &caller, &id).await?;
     let tail = q.tail.unwrap_or(100).min(10_000);
     if q.follow {
         use axum::response::sse::{Event, KeepAlive, Sse};
@@ -403,10 +475,11 @@ pub struct LimitQuery {
     responses((status = 200, body = [ExecutionView]), (status = 404, body = super::ErrorBody)))]
 pub async fn executions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<LimitQuery>,
 ) -> Result<Json<Vec<ExecutionView>>, ApiError> {
-    let flow = find_flow(&state, &id).await?;
+    let flow = find_flow(&state, &caller, &id).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let rows = state.store.list_executions(&flow.id, limit).await?;
     Ok(Json(rows.into_iter().map(ExecutionView::from).collect()))
@@ -417,9 +490,10 @@ pub async fn executions(
     responses((status = 200, body = ExecutionView), (status = 404, body = super::ErrorBody)))]
 pub async fn execution(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, execution_id)): Path<(String, String)>,
 ) -> Result<Json<ExecutionView>, ApiError> {
-    let flow = find_flow(&state, &id).await?;
+    let flow = find_flow(&state, &caller, &id).await?;
     let exec = state
         .store
         .get_execution(&execution_id)

@@ -3,10 +3,13 @@
 //! Every error answer is JSON `{"error": "...what happened and what to do"}`, plus `field`,
 //! `line` and `column` for a manifest problem.
 
+pub mod auth;
 mod flows;
 mod openapi;
 pub mod rate_limit;
-mod status_page;
+mod secrets;
+pub mod status_page;
+mod tenants;
 mod triggers;
 
 use std::sync::Arc;
@@ -15,17 +18,16 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
-use subtle::ConstantTimeEq as _;
 
 use crate::dispatcher::Dispatcher;
 use crate::manifest::ManifestError;
 use crate::store::{FlowRecord, Store, StoreError};
 use crate::supervisor::{Supervisor, SupervisorError};
 
-/// The tenant every flow belongs to until tenants arrive with their own tokens.
+/// The tenant the admin acts on, and every flow's tenant in a server without tenants.
 pub const DEFAULT_TENANT: &str = "default";
 
 /// Largest request body accepted (webhook payloads, manifests).
@@ -41,10 +43,12 @@ pub struct AppState {
     pub leadership: Arc<crate::leadership::Leadership>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
-    /// Required as a bearer token on the management routes when set.
-    pub api_token: Option<String>,
+    /// The admin's bearer token; without one, callers without a token act as the admin.
+    pub admin_token: Option<String>,
     /// How users reach this server, for the webhook URLs it hands out.
     pub public_url: String,
+    /// See [`crate::app::ServeConfig::request_timeout`].
+    pub request_timeout: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -60,6 +64,11 @@ pub fn router(state: AppState) -> Router {
             "/api/flows/{id}/webhook-token",
             post(flows::rotate_webhook_token),
         )
+        .route("/api/flows/{id}/secrets", get(secrets::list))
+        .route(
+            "/api/flows/{id}/secrets/{name}",
+            put(secrets::put).delete(secrets::delete),
+        )
         .route("/api/flows/{id}/status", get(flows::status))
         .route("/api/flows/{id}/logs", get(flows::logs))
         .route("/api/flows/{id}/executions", get(flows::executions))
@@ -68,11 +77,21 @@ pub fn router(state: AppState) -> Router {
             get(flows::execution),
         )
         .route("/api/triggers/{flow_id}/inject", post(triggers::inject))
+        .route("/api/tenants", get(tenants::list).post(tenants::create))
+        .route(
+            "/api/tenants/{id}/tokens",
+            get(tenants::list_tokens).post(tenants::create_token),
+        )
+        .route(
+            "/api/tenants/{id}/tokens/{token_id}",
+            axum::routing::delete(tenants::revoke_token),
+        )
+        .route("/api/audit", get(tenants::log))
         // Behind the token: it shows flow names and pump errors, which may carry payload data.
         .route("/status", get(status_page::page))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_token,
+            auth::authenticate,
         ));
     Router::new()
         .merge(managed)
@@ -92,23 +111,41 @@ pub fn router(state: AppState) -> Router {
             ApiError::NotFound("no such route; see the API sketch in README.md".into())
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            run_to_completion,
+        ))
         .with_state(state)
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = &state.api_token else {
-        return next.run(req).await;
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        next.run(req).await
-    } else {
-        ApiError::Unauthorized.into_response()
+/// Runs each request's handler as a task of its own, so neither the request timeout nor a
+/// caller that hangs up can stop a handler half-way through a change: it is applied in full or
+/// not at all. Past the timeout (plus the `?wait=` a trigger asked for) the caller gets 503 and
+/// the handler carries on. A streamed body (`logs?follow=true`) is not bounded: only the wait
+/// for the answer to begin is.
+async fn run_to_completion(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let asked_wait = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("wait=")))
+        .and_then(|w| pumphouse_pump::duration::parse(w).ok())
+        .unwrap_or_default();
+    let limit = state.request_timeout + asked_wait;
+    let handler = tokio::spawn(next.run(req));
+    match tokio::time::timeout(limit, handler).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "a request handler panicked");
+            ApiError::Internal("the server failed while answering; see its log".into())
+                .into_response()
+        }
+        Err(_) => {
+            tracing::warn!(?limit, "a request outlived the request timeout; it goes on");
+            ApiError::TimedOut {
+                after_secs: limit.as_secs_f64(),
+            }
+            .into_response()
+        }
     }
 }
 
@@ -200,19 +237,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// Finds a flow by id or by name, within the tenant.
-async fn find_flow(state: &AppState, key: &str) -> Result<FlowRecord, ApiError> {
+/// Finds a flow by id or by name among the caller's tenant's flows; another tenant's flow is
+/// answered as if it did not exist.
+async fn find_flow(
+    state: &AppState,
+    caller: &auth::Caller,
+    key: &str,
+) -> Result<FlowRecord, ApiError> {
+    let tenant = caller.tenant();
     let flow = if uuid::Uuid::parse_str(key).is_ok() {
         state.store.get_flow(key).await?
     } else {
-        state.store.get_flow_by_name(DEFAULT_TENANT, key).await?
+        state.store.get_flow_by_name(tenant, key).await?
     };
-    flow.filter(|f| f.tenant_id == DEFAULT_TENANT)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no flow `{key}`; list flows with `pumphouse flow ls`"
-            ))
-        })
+    flow.filter(|f| f.tenant_id == tenant).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no flow `{key}`; list flows with `pumphouse flow ls`"
+        ))
+    })
 }
 
 /// Every error answer.
@@ -233,8 +275,12 @@ pub struct ErrorBody {
 pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
-    #[error("missing or wrong API token; send `Authorization: Bearer <token>` (the server's --api-token)")]
+    #[error("missing, wrong or revoked API token; send `Authorization: Bearer <token>` with the server's --admin-token or a tenant's API token")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no answer within {after_secs:.1}s; the request goes on in the background, so check the outcome (for a flow: `pumphouse flow status NAME`) before sending it again")]
+    TimedOut { after_secs: f64 },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -258,7 +304,9 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NameTaken(_) => ApiError::Conflict(e.to_string()),
+            StoreError::NameTaken(_) | StoreError::TenantExists(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -270,7 +318,10 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::Store(s) => s.into(),
             SupervisorError::NotFound(_) => ApiError::NotFound(e.to_string()),
             SupervisorError::Backend(b) => ApiError::Backend(b.to_string()),
-            SupervisorError::Manifest { .. } => ApiError::Conflict(e.to_string()),
+            SupervisorError::Manifest { .. } | SupervisorError::Secrets { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            SupervisorError::PumpUser(u) => ApiError::Backend(u.to_string()),
         }
     }
 }
@@ -280,6 +331,8 @@ impl IntoResponse for ApiError {
         let code = match &self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TimedOut { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -7,16 +7,19 @@ use utoipa::OpenApi;
 use super::flows::{
     CreatedFlow, ExecutionView, FlowDetail, FlowSummary, LogLines, RotatedToken, UpdatedFlow,
 };
+use super::secrets::{SecretChanged, SecretList};
+use super::tenants::{CreatedTenant, CreatedToken, NewTenant, NewToken};
 use super::triggers::TriggerAnswer;
 use super::ErrorBody;
-use crate::store::FlowEvent;
+use crate::store::{FlowEvent, SecretInfo};
 use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
+use crate::tenants::{ApiToken, AuditEntry, Tenant};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "pumphouse",
-        description = "Per-flow container orchestrator. Management routes need `Authorization: Bearer <token>` when the server has --api-token; the webhook route is authenticated by its token.",
+        description = "Per-flow container orchestrator. Management routes need `Authorization: Bearer <token>` (the server's --admin-token, or a tenant's API token, which sees only that tenant's flows); the webhook route is authenticated by its token.",
     ),
     paths(
         super::flows::list,
@@ -31,8 +34,17 @@ use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
         super::flows::logs,
         super::flows::executions,
         super::flows::execution,
+        super::secrets::put,
+        super::secrets::list,
+        super::secrets::delete,
         super::triggers::webhook,
         super::triggers::inject,
+        super::tenants::create,
+        super::tenants::list,
+        super::tenants::list_tokens,
+        super::tenants::create_token,
+        super::tenants::revoke_token,
+        super::tenants::log,
         super::healthz,
         super::readyz,
         super::metrics,
@@ -52,7 +64,17 @@ use crate::supervisor::{FlowStatus, Heartbeat, PumpView};
         FlowStatus,
         PumpView,
         Heartbeat,
-        FlowEvent
+        FlowEvent,
+        NewTenant,
+        NewToken,
+        CreatedTenant,
+        CreatedToken,
+        Tenant,
+        ApiToken,
+        AuditEntry,
+        SecretList,
+        SecretChanged,
+        SecretInfo
     ))
 )]
 pub struct ApiDoc;

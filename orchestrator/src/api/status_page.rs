@@ -17,7 +17,8 @@ use axum::response::Html;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use prometheus::core::Collector as _;
 
-use super::{ApiError, AppState, DEFAULT_TENANT};
+use super::auth::Caller;
+use super::{ApiError, AppState};
 use crate::store::{exec_status, now_ms, status, ExecutionRecord, FlowRecord};
 
 /// Executions shown per flow.
@@ -67,9 +68,12 @@ impl Failure {
 /// The operators' status page: every flow, its last executions, and the recent failures.
 #[utoipa::path(get, path = "/status", tag = "operations",
     responses((status = 200, content_type = "text/html", body = String, description = "an HTML page that refreshes itself every 10 s"),
-        (status = 401, body = super::ErrorBody, description = "the server has --api-token and the request lacks it")))]
-pub async fn page(State(state): State<AppState>) -> Result<Html<String>, ApiError> {
-    let flows = state.store.list_flows(DEFAULT_TENANT).await?;
+        (status = 401, body = super::ErrorBody, description = "the server has --admin-token and the request has no valid token")))]
+pub async fn page(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Html<String>, ApiError> {
+    let flows = state.store.list_flows(caller.tenant()).await?;
     let memory = pump_memory(&state.metrics.pump_memory);
     let store = &state.store;
     let read: Vec<(FlowRecord, Vec<ExecutionRecord>, usize)> =
@@ -121,6 +125,7 @@ pub async fn page(State(state): State<AppState>) -> Result<Html<String>, ApiErro
     });
     failures.truncate(FAILURES_SHOWN);
     Ok(Html(render(
+        caller.tenant(),
         now_ms(),
         &rows,
         &failures,
@@ -299,7 +304,7 @@ code{font-size:.9em}time{white-space:nowrap}
 ";
 
 /// The page, from what was read: a pure function of its inputs.
-fn render(now: i64, rows: &[FlowRow], failures: &[Failure], leader: bool) -> String {
+fn render(tenant: &str, now: i64, rows: &[FlowRow], failures: &[Failure], leader: bool) -> String {
     let mut h = String::with_capacity(4096 + rows.len() * 1024);
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     h.push_str("<meta http-equiv=\"refresh\" content=\"10\">");
@@ -321,7 +326,7 @@ fn render(now: i64, rows: &[FlowRow], failures: &[Failure], leader: bool) -> Str
         r#"<p class="dim">{} flow{} in tenant <code>{}</code>"#,
         rows.len(),
         if rows.len() == 1 { "" } else { "s" },
-        escape(DEFAULT_TENANT)
+        escape(tenant)
     );
     for (s, n) in &counts {
         let _ = write!(h, " · {n} {}", badge(flow_class(s), s));
@@ -478,7 +483,7 @@ mod tests {
     fn flow(name: &str, status: &str, reason: Option<&str>) -> FlowRecord {
         FlowRecord {
             id: format!("id-{name}"),
-            tenant_id: DEFAULT_TENANT.into(),
+            tenant_id: "default".into(),
             name: name.into(),
             manifest: String::new(),
             desired_state: "running".into(),
@@ -528,7 +533,7 @@ mod tests {
             flow_name: "f".into(),
             execution: exec,
         }];
-        let page = render(1_700_000_010_000, &rows, &failures, true);
+        let page = render("default", 1_700_000_010_000, &rows, &failures, true);
         assert!(!page.contains("<script"), "{page}");
         assert!(!page.contains("<img"), "{page}");
         assert!(!page.contains("<b>"), "{page}");
@@ -542,7 +547,7 @@ mod tests {
         assert!(page.contains(r#"<tr class="failure">"#));
         assert!(!page.contains("secret-hash"));
         assert!(!page.contains("does not lead"));
-        assert!(render(0, &[], &[], false).contains("does not lead"));
+        assert!(render("default", 0, &[], &[], false).contains("does not lead"));
     }
 
     #[test]

@@ -87,11 +87,12 @@ pub async fn webhook(
         (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 pub async fn inject(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<super::auth::Caller>,
     Path(flow_id): Path<String>,
     Query(wait): Query<WaitQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let flow = find_flow(&state, &flow_id).await?;
+    let flow = find_flow(&state, &caller, &flow_id).await?;
     accept(&state, &flow, "manual", &body, wait.duration()?).await
 }
 

@@ -232,7 +232,14 @@ impl Backend for DockerBackend {
         let flow_id = spec.flow_id.as_str();
         let name = self.container_name(flow_id);
         let mut body = container_body(spec, &self.config)?;
-        let hash = self.config_hash(&body).await;
+        // A new Redis password alone must not make a new container: the supervisor keeps the
+        // parked one's password working when it is started again.
+        let hash = self
+            .config_hash(&container_body(
+                &spec.without_per_launch_values(),
+                &self.config,
+            )?)
+            .await;
         if let Some(labels) = body.labels.as_mut() {
             labels.insert(labels::CONFIG_HASH.to_owned(), hash.clone());
         }
@@ -294,6 +301,10 @@ impl Backend for DockerBackend {
 
     async fn park(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError> {
         self.halt(flow_id, grace, false).await
+    }
+
+    fn restarts_parked_pumps(&self) -> bool {
+        true
     }
 
     async fn inspect(&self, flow_id: &str) -> Result<Option<PumpStatus>, BackendError> {
@@ -759,6 +770,7 @@ mod tests {
             image: Some("pumphouse/pump:dev".into()),
             env: BTreeMap::from([("FLOW_ID".to_owned(), "6f1c".to_owned())]),
             secret_env: BTreeMap::from([("API_KEY".to_owned(), "s3cr=t".to_owned())]),
+            per_launch_env: Default::default(),
             resources: Resources {
                 memory_bytes: Some(64 << 20),
                 cpu_millis: Some(500),

@@ -18,7 +18,7 @@ pub mod docker;
 pub mod kubernetes;
 pub mod process;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -61,6 +61,10 @@ pub struct PumpSpec {
     /// the flow config, Redis credentials, the flow's secrets. Kubernetes keeps them in a Secret
     /// the pod refers to; Docker and process add them to the environment. Never log values.
     pub secret_env: BTreeMap<String, String>,
+    /// Names in `secret_env` whose values are issued anew for every launch (the pump's Redis
+    /// password). They do not make a pump different: a parked pump started again keeps the
+    /// values it was created with, and the supervisor keeps those working.
+    pub per_launch_env: BTreeSet<String>,
     pub resources: Resources,
     /// How long a pump may drain after SIGTERM before it is killed.
     pub stop_grace: Duration,
@@ -72,6 +76,18 @@ impl PumpSpec {
         let mut all = self.env.clone();
         all.extend(self.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         all
+    }
+
+    /// The spec with every per-launch value blanked: what decides whether two pumps are the
+    /// same.
+    pub fn without_per_launch_values(&self) -> PumpSpec {
+        let mut spec = self.clone();
+        for name in &self.per_launch_env {
+            if let Some(v) = spec.secret_env.get_mut(name) {
+                v.clear();
+            }
+        }
+        spec
     }
 }
 
@@ -212,6 +228,13 @@ pub trait Backend: Send + Sync {
     /// faster (Docker keeps the stopped container). Used when a flow scales to zero.
     async fn park(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError> {
         self.stop(flow_id, grace).await
+    }
+
+    /// Whether `start` may start a parked pump again instead of making a new one. When it
+    /// does, the pump keeps the per-launch values it was created with, and `start` answers
+    /// with the parked pump's `pump_ref`.
+    fn restarts_parked_pumps(&self) -> bool {
+        false
     }
 
     /// The flow's pump, if it has one (running or exited and not yet removed).

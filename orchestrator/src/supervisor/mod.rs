@@ -15,6 +15,7 @@
 
 pub mod reaper;
 pub mod reconcile;
+mod redis_users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -30,6 +31,8 @@ use crate::backend::{Backend, BackendError, BackendEvent, PumpSpec, PumpState};
 use crate::dispatcher::{Dispatcher, Outcome};
 use crate::manifest::{Manifest, ManifestError, DEFAULT_STOP_GRACE};
 use crate::metrics::Metrics;
+use crate::pump_users::{Credential, PumpUsers, PumpUsersError};
+use crate::secrets::MasterKey;
 use crate::store::{self, now_ms, status, FlowRecord, Store, StoreError, Transition};
 
 /// Lines of pump log quoted in an error reason.
@@ -40,7 +43,8 @@ const LOG_TAIL_IN_REASON: usize = 10;
 pub struct PumpSettings {
     /// Image for flows whose manifest names none.
     pub default_image: String,
-    /// `REDIS_URL` as pumps must see it (may differ from the orchestrator's own).
+    /// Where pumps reach Redis (may differ from the orchestrator's own address). Each pump's
+    /// `REDIS_URL` is this with the pump's own user and password in place of any credentials.
     pub redis_url: String,
     pub heartbeat: Duration,
     /// A pump silent for this long after its start (or wake) puts the flow in `error`.
@@ -52,6 +56,8 @@ pub struct PumpSettings {
     pub crash_window: Duration,
     /// How often every flow is reconciled, catching backend events that were missed.
     pub resync_interval: Duration,
+    /// Opens the flows' secrets at each pump start; without it a flow with secrets cannot start.
+    pub master_key: Option<Arc<MasterKey>>,
 }
 
 impl PumpSettings {
@@ -65,6 +71,7 @@ impl PumpSettings {
             crash_limit: 5,
             crash_window: Duration::from_secs(120),
             resync_interval: Duration::from_secs(30),
+            master_key: None,
         }
     }
 }
@@ -83,6 +90,10 @@ pub enum SupervisorError {
     },
     #[error("flow {0} does not exist")]
     NotFound(String),
+    #[error(transparent)]
+    PumpUser(#[from] PumpUsersError),
+    #[error("the pump of flow {flow_id} cannot get its secrets: {reason}")]
+    Secrets { flow_id: String, reason: String },
 }
 
 /// The last heartbeat of a flow's pump.
@@ -118,6 +129,7 @@ pub struct Supervisor {
     /// The lease fence this replica leads under (0: none).
     fence: AtomicI64,
     metrics: Arc<Metrics>,
+    pump_users: PumpUsers,
     /// When each flow's current start or wake began, for the cold-start histogram.
     launched_at: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -129,6 +141,7 @@ impl Supervisor {
         dispatcher: Arc<Dispatcher>,
         settings: PumpSettings,
         metrics: Arc<Metrics>,
+        pump_users: PumpUsers,
     ) -> Supervisor {
         Supervisor {
             store,
@@ -136,6 +149,7 @@ impl Supervisor {
             dispatcher,
             settings,
             metrics,
+            pump_users,
             launched_at: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(reaper::Deadlines::default()),
@@ -150,6 +164,11 @@ impl Supervisor {
         &self.backend
     }
 
+    /// The key flow secrets are sealed with, when the server has one.
+    pub fn master_key(&self) -> Option<&Arc<MasterKey>> {
+        self.settings.master_key.as_ref()
+    }
+
     pub fn heartbeat(&self, flow_id: &str) -> Option<Heartbeat> {
         self.heartbeats
             .lock()
@@ -159,12 +178,19 @@ impl Supervisor {
     }
 
     /// The environment a flow's pump gets: the flow's own variables, then the contract's.
-    pub fn pump_env(&self, flow: &FlowRecord, manifest: &Manifest, instance_id: &str) -> PumpEnv {
+    /// `redis_url` carries the pump's own Redis user.
+    pub fn pump_env(
+        &self,
+        flow: &FlowRecord,
+        manifest: &Manifest,
+        instance_id: &str,
+        redis_url: String,
+    ) -> PumpEnv {
         let mut vars = manifest.env.clone();
         let config = base64::engine::general_purpose::STANDARD.encode(manifest.config_yaml());
         let secret = BTreeMap::from([
             (env::ORGANISM_YAML.to_string(), config),
-            (env::REDIS_URL.to_string(), self.settings.redis_url.clone()),
+            (env::REDIS_URL.to_string(), redis_url),
         ]);
         for (k, v) in [
             (env::FLOW_ID, flow.id.clone()),
@@ -294,7 +320,28 @@ impl Supervisor {
                 return Err(err);
             }
         };
-        let pump_env = self.pump_env(flow, &manifest, instance_id);
+        let secrets = match self.open_secrets(&flow.id).await? {
+            Ok(secrets) => secrets,
+            Err(reason) => {
+                self.fail_start(&flow.id, instance_id, &reason).await?;
+                return Err(SupervisorError::Secrets {
+                    flow_id: flow.id.clone(),
+                    reason,
+                });
+            }
+        };
+        let credential = Credential::issue();
+        let previous = match self.grant_launch(flow, &credential).await {
+            Ok(previous) => previous,
+            Err(e) => {
+                let reason = format!("the pump's Redis user could not be set up: {e}");
+                self.fail_start(&flow.id, instance_id, &reason).await?;
+                return Err(e);
+            }
+        };
+        let redis_url = self.pump_users.pump_url(&flow.id, &credential.password);
+        let mut pump_env = self.pump_env(flow, &manifest, instance_id, redis_url);
+        pump_env.secret.extend(secrets);
         let spec = PumpSpec {
             flow_id: flow.id.clone(),
             tenant_id: flow.tenant_id.clone(),
@@ -308,6 +355,7 @@ impl Supervisor {
             ),
             env: pump_env.plain,
             secret_env: pump_env.secret,
+            per_launch_env: [env::REDIS_URL.to_string()].into(),
             resources: manifest.resources().unwrap_or_default(),
             stop_grace: manifest.stop_grace().unwrap_or(DEFAULT_STOP_GRACE),
         };
@@ -318,6 +366,18 @@ impl Supervisor {
                 self.store
                     .set_pump_ref(&flow.id, instance_id, &started.pump_ref)
                     .await?;
+                if !previous.is_empty() {
+                    let restarted = flow.pump_ref.as_deref() == Some(started.pump_ref.as_str());
+                    let keep = if restarted {
+                        previous
+                    } else {
+                        vec![credential.hash.clone()]
+                    };
+                    if let Err(e) = self.grant(&flow.id, &flow.tenant_id, &keep, true).await {
+                        // Both passwords still work; the next sync of pump users narrows it.
+                        tracing::warn!(flow_id = %flow.id, error = %e, "dropping the unused Redis password failed");
+                    }
+                }
             }
             Err(e) => {
                 let reason = format!("the backend could not start the pump: {e}");
@@ -338,6 +398,34 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The flow's secrets, decrypted for its pump's environment; or, as `Err`, why the pump
+    /// cannot get them (naming the secret, never its value).
+    async fn open_secrets(
+        &self,
+        flow_id: &str,
+    ) -> Result<Result<BTreeMap<String, String>, String>, StoreError> {
+        let sealed = self.store.sealed_secrets(flow_id).await?;
+        if sealed.is_empty() {
+            return Ok(Ok(BTreeMap::new()));
+        }
+        let Some(key) = &self.settings.master_key else {
+            return Ok(Err(format!(
+                "the flow has {} secret(s) but this server has no master key to decrypt them; {}",
+                sealed.len(),
+                crate::secrets::HOW_TO_MAKE_A_KEY
+            )));
+        };
+        let mut open = BTreeMap::new();
+        for (name, s) in &sealed {
+            match key.open(flow_id, name, s) {
+                // The map's own String is not wiped on drop; the backend copies it anyway.
+                Ok(value) => open.insert(name.clone(), value.to_string()),
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+        }
+        Ok(Ok(open))
+    }
+
     /// The start of `instance_id` failed: the flow goes to `error` and its held triggers fail.
     async fn fail_start(
         &self,
@@ -348,6 +436,7 @@ impl Supervisor {
         let mut t = Transition::new(status::ERROR, reason, "supervisor");
         t.only_instance = Some(instance_id);
         if self.store.transition(flow_id, t).await? {
+            self.revoke_pump_user(flow_id).await;
             self.deadlines
                 .lock()
                 .expect("deadlines lock")
@@ -401,6 +490,8 @@ impl Supervisor {
         }
         self.forget(&flow.id);
         self.backend.stop(&flow.id, grace).await?;
+        // After the stop: a draining pump still reports through Redis.
+        self.revoke_pump_user(&flow.id).await;
         // The pump drained before it exited; what it finished is on the event stream and
         // must be applied before the rest is failed.
         self.dispatcher.settle_events(Duration::from_secs(5)).await;
@@ -474,6 +565,7 @@ impl Supervisor {
         self.metrics.scale_downs.with_label_values(&[flow_id]).inc();
         self.forget(flow_id);
         self.backend.park(flow_id, stop_grace(&flow)).await?;
+        self.disable_pump_user(flow_id).await;
         // Whatever the pump could not finish within its grace period goes to the next pump; the
         // housekeeping pass wakes the flow for it.
         self.requeue(flow_id, &instance_id).await?;
@@ -870,6 +962,10 @@ impl Supervisor {
             let this = self.clone();
             async move { this.dispatcher.run().await }
         };
+        let pump_users = {
+            let this = self.clone();
+            async move { this.watch_pump_users().await }
+        };
         let housekeeping = {
             let this = self.clone();
             async move {
@@ -903,7 +999,8 @@ impl Supervisor {
             resync,
             accepted,
             sweep,
-            memory
+            memory,
+            pump_users
         );
     }
 }

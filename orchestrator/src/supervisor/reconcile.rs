@@ -47,6 +47,7 @@ impl Supervisor {
             if pump.is_some() {
                 tracing::warn!(flow_id, "removing a pump whose flow does not exist");
                 self.backend.stop(flow_id, Duration::from_secs(5)).await?;
+                self.revoke_pump_user(flow_id).await;
                 return Ok(Step::RemovedOrphan);
             }
             return Ok(Step::Nothing);
@@ -59,10 +60,12 @@ impl Supervisor {
             status::STOPPED | status::ERROR if live.is_some() => {
                 tracing::info!(flow_id, flow = %flow.name, status = %flow.status, "stopping a pump its flow does not want");
                 self.backend.stop(flow_id, stop_grace(&flow)).await?;
+                self.revoke_pump_user(flow_id).await;
                 Ok(Step::StoppedUnwanted)
             }
             status::IDLE if live.is_some() => {
                 self.backend.park(flow_id, stop_grace(&flow)).await?;
+                self.disable_pump_user(flow_id).await;
                 Ok(Step::Parked)
             }
             status::RUNNING => match (live.filter(ours), flow.instance_id.as_deref()) {

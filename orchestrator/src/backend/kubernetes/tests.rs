@@ -3,7 +3,7 @@
 //! failures included. No cluster runs here; what a real API server would add (admission,
 //! defaulting, the controllers) is not exercised.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -49,6 +49,9 @@ fn spec() -> PumpSpec {
             ),
             ("STRIPE_KEY".to_owned(), SECRET_VALUE.to_owned()),
         ]),
+        // The pump's Redis password is issued for each launch; on Kubernetes it simply goes
+        // into the Secret like every other secret value.
+        per_launch_env: BTreeSet::from(["REDIS_URL".to_owned()]),
         resources: Resources {
             memory_bytes: Some(64 << 20),
             cpu_millis: Some(500),
