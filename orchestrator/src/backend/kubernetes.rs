@@ -97,17 +97,18 @@ pub enum KubernetesError {
         value: String,
         max: usize,
     },
-    #[error("cannot {action} of flow {flow_id}: {source}; check that the Kubernetes API server is reachable from the orchestrator")]
+    #[error("cannot {action} {subject}: {source}; check that the Kubernetes API server is reachable from the orchestrator")]
     Unreachable {
         action: &'static str,
-        flow_id: String,
+        /// `of flow <id>`, or `in namespace <ns>` for what concerns every pump.
+        subject: String,
         #[source]
         source: kube::Error,
     },
-    #[error("Kubernetes refused to {action} of flow {flow_id} ({code} {reason}){message}; {hint}")]
+    #[error("Kubernetes refused to {action} {subject} ({code} {reason}){message}; {hint}")]
     Refused {
         action: &'static str,
-        flow_id: String,
+        subject: String,
         code: u16,
         reason: String,
         /// `: <the server's message>`, or empty when it may hold secrets.
@@ -387,10 +388,16 @@ impl KubernetesBackend {
         e: kube::Error,
         secret: bool,
     ) -> BackendError {
+        // "*" stands for every pump: a list, the start-up check.
+        let subject = if flow_id == "*" {
+            format!("in namespace `{}`", self.namespace)
+        } else {
+            format!("of flow {flow_id}")
+        };
         let kube::Error::Api(resp) = e else {
             return KubernetesError::Unreachable {
                 action,
-                flow_id: flow_id.to_owned(),
+                subject,
                 source: e,
             }
             .into();
@@ -406,7 +413,7 @@ impl KubernetesBackend {
         };
         KubernetesError::Refused {
             action,
-            flow_id: flow_id.to_owned(),
+            subject,
             code: resp.code,
             reason: resp.reason,
             message: if secret {

@@ -890,6 +890,12 @@ async fn list_reports_every_pump_this_cluster_owns() {
     .await
     .unwrap_err();
     assert!(
+        err.to_string().contains(
+            "Kubernetes refused to list the Deployments in namespace `pumps` (403 Forbidden)"
+        ),
+        "{err}"
+    );
+    assert!(
         err.to_string()
             .contains("lacks this permission in namespace `pumps`"),
         "{err}"
