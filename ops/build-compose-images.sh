@@ -127,8 +127,9 @@ fi
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 case "$target_dir" in /*) ;; *) target_dir="$repo/$target_dir" ;; esac
 
-say "building the pumphouse binary (release)"
-(cd "$repo" && cargo build --release -p pumphouse --bin pumphouse)
+say "building the pumphouse binary (release${PUMPHOUSE_FEATURES:+, features $PUMPHOUSE_FEATURES})"
+# PUMPHOUSE_FEATURES=kubernetes builds the orchestrator image for the Helm chart.
+(cd "$repo" && cargo build --release -p pumphouse --bin pumphouse ${PUMPHOUSE_FEATURES:+--features "$PUMPHOUSE_FEATURES"})
 binary="$target_dir/release/pumphouse"
 [[ -x "$binary" ]] || die "cargo finished but $binary is not there; is CARGO_TARGET_DIR right?"
 

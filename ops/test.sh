@@ -17,6 +17,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v docker-compose >/dev/null || missing+=(docker-compose)   # the compose smoke test
 command -v debootstrap >/dev/null || missing+=(debootstrap)         # its Redis/PostgreSQL images
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # kubernetes-validate's venv
 if ((${#missing[@]})); then
     [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}"
     say "installing ${missing[*]}"
@@ -45,6 +46,14 @@ fi
 # 4. Formatting and lints, before anything slow.
 cargo fmt --all -- --check || die "cargo fmt --all -- --check failed; run cargo fmt --all"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# 4b. The Kubernetes backend (cargo feature `kubernetes`, off by default): lints with it on, its
+# tests against kube's mock service, and the pump objects and the Helm chart against
+# Kubernetes' schemas (kubernetes-validate, pinned, in a venv under target/).
+cargo clippy -p pumphouse --all-targets --locked --features kubernetes -- -D warnings
+cargo nextest run -p pumphouse --locked --features kubernetes -E 'test(/^backend::kubernetes::/)'
+ops/check-pump-manifests.sh
+ops/check-chart.sh
 
 # 5. Alert rules: promtool checks them and runs their unit tests (installs prometheus).
 ops/check-alerts.sh

@@ -37,6 +37,10 @@ pub struct ServeConfig {
     pub pump_binary: Option<PathBuf>,
     /// Names this orchestrator's pumps (a label), so deployments sharing an engine stay apart.
     pub cluster: String,
+    /// Kubernetes backend: the pumps' namespace (the client's default when `None`) and the
+    /// image pull secret pump pods get.
+    pub kube_namespace: Option<String>,
+    pub kube_image_pull_secret: Option<String>,
     pub heartbeat: Duration,
     pub start_timeout: Duration,
     /// First wait before restarting a crashed pump; doubles with each crash in the window.
@@ -77,6 +81,8 @@ impl ServeConfig {
             pump_image: pumps.default_image,
             pump_binary: None,
             cluster: "default".into(),
+            kube_namespace: None,
+            kube_image_pull_secret: None,
             heartbeat: pumps.heartbeat,
             start_timeout: pumps.start_timeout,
             restart_backoff: pumps.restart_backoff,
@@ -150,6 +156,18 @@ pub async fn select_backend(config: &ServeConfig) -> Result<Arc<dyn Backend>, Ba
                 backend = "process",
                 "using the process backend, as configured"
             );
+            Ok(Arc::new(b))
+        }
+        #[cfg(feature = "kubernetes")]
+        BackendKind::Kubernetes => {
+            use crate::backend::kubernetes::{KubernetesBackend, KubernetesConfig};
+            let b = KubernetesBackend::connect(KubernetesConfig {
+                namespace: config.kube_namespace.clone(),
+                cluster: config.cluster.clone(),
+                image_pull_secret: config.kube_image_pull_secret.clone(),
+            })
+            .await?;
+            tracing::info!(backend = "kubernetes", namespace = %b.namespace(), "using the kubernetes backend, as configured");
             Ok(Arc::new(b))
         }
         BackendKind::Auto => match DockerBackend::connect(docker()).await {

@@ -193,7 +193,8 @@ struct ServeArgs {
     /// REDIS_URL for pumps, when they reach Redis at another address than the orchestrator.
     #[arg(long, env = "PUMPHOUSE_PUMP_REDIS", hide_env_values = true)]
     pump_redis: Option<String>,
-    /// auto (Docker if its socket answers, else process), docker or process.
+    /// auto (Docker if its socket answers, else process), docker, process, or kubernetes (in
+    /// builds with the `kubernetes` feature).
     #[arg(long, env = "PUMPHOUSE_BACKEND", default_value = "auto")]
     backend: BackendKind,
     /// Docker socket; DOCKER_HOST or /var/run/docker.sock by default.
@@ -214,6 +215,13 @@ struct ServeArgs {
     /// Label value naming this deployment's pumps.
     #[arg(long, env = "PUMPHOUSE_CLUSTER", default_value = "default")]
     cluster: String,
+    /// Kubernetes backend: the namespace pumps run in; the orchestrator's own (or the
+    /// kubeconfig's) by default.
+    #[arg(long, env = "PUMPHOUSE_KUBE_NAMESPACE")]
+    kube_namespace: Option<String>,
+    /// Kubernetes backend: an image pull secret in the pumps' namespace, for private images.
+    #[arg(long, env = "PUMPHOUSE_KUBE_IMAGE_PULL_SECRET")]
+    kube_image_pull_secret: Option<String>,
     #[arg(long, env = "PUMPHOUSE_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
     heartbeat: Duration,
     /// A pump that has not reported ready after this long puts its flow in `error`.
@@ -374,6 +382,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pump_image: args.pump_image,
         pump_binary: args.pump_binary,
         cluster: args.cluster,
+        kube_namespace: args.kube_namespace,
+        kube_image_pull_secret: args.kube_image_pull_secret,
         heartbeat: args.heartbeat,
         start_timeout: args.start_timeout,
         restart_backoff: args.restart_backoff,

@@ -14,6 +14,8 @@
 //!   crash of the pump that replaced it.
 
 pub mod docker;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod process;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -153,6 +155,8 @@ pub enum BackendKind {
     Auto,
     Docker,
     Process,
+    #[cfg(feature = "kubernetes")]
+    Kubernetes,
 }
 
 impl FromStr for BackendKind {
@@ -162,11 +166,14 @@ impl FromStr for BackendKind {
             "auto" => Ok(Self::Auto),
             "docker" => Ok(Self::Docker),
             "process" => Ok(Self::Process),
-            "kubernetes" => {
-                Err("the kubernetes backend is not in this build yet; use docker or process".into())
-            }
+            #[cfg(feature = "kubernetes")]
+            "kubernetes" => Ok(Self::Kubernetes),
+            #[cfg(not(feature = "kubernetes"))]
+            "kubernetes" => Err("this pumphouse was built without the kubernetes backend; \
+                 build it with `cargo build --release --features pumphouse/kubernetes`, or use docker or process"
+                .into()),
             other => Err(format!(
-                "unknown backend `{other}`; choose one of auto, docker, process"
+                "unknown backend `{other}`; choose one of auto, docker, process, kubernetes"
             )),
         }
     }
@@ -200,6 +207,9 @@ pub enum BackendError {
     },
     #[error("cannot signal the pump process of flow {flow_id}: {message}")]
     Signal { flow_id: String, message: String },
+    #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    Kubernetes(Box<kubernetes::KubernetesError>),
 }
 
 /// A place pumps run.
@@ -247,4 +257,28 @@ pub trait Backend: Send + Sync {
 
     /// Pump exits as they happen. Each call opens a new subscription.
     fn events(&self) -> BoxStream<'static, BackendEvent>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendKind;
+
+    #[test]
+    fn backends_parse_by_name() {
+        assert_eq!("docker".parse(), Ok(BackendKind::Docker));
+        assert_eq!("process".parse(), Ok(BackendKind::Process));
+        let err = "podman".parse::<BackendKind>().unwrap_err();
+        assert!(
+            err.contains("choose one of auto, docker, process, kubernetes"),
+            "{err}"
+        );
+    }
+
+    /// A binary built without the feature says how to get one that has it.
+    #[cfg(not(feature = "kubernetes"))]
+    #[test]
+    fn kubernetes_without_the_feature_names_the_cargo_flag() {
+        let err = "kubernetes".parse::<BackendKind>().unwrap_err();
+        assert!(err.contains("--features pumphouse/kubernetes"), "{err}");
+    }
 }
