@@ -54,12 +54,14 @@ pub fn check_tenant_id(id: &str) -> std::result::Result<(), String> {
         && id
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !id.starts_with('-');
+        && !id.starts_with('-')
+        // It is also a Kubernetes label value, which must end with a letter or digit.
+        && !id.ends_with('-');
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "tenant id `{id}` is not allowed; use 1 to 40 lower-case letters, digits and dashes, not starting with a dash"
+            "tenant id `{id}` is not allowed; use 1 to 40 lower-case letters, digits and dashes, not starting or ending with a dash"
         ))
     }
 }
@@ -274,7 +276,7 @@ mod tests {
     #[test]
     fn tenant_ids_are_kept_to_what_fits_in_a_key_prefix() {
         assert!(check_tenant_id("acme-2").is_ok());
-        for bad in ["", "Acme", "a:b", "-x", "a b", &"x".repeat(41)] {
+        for bad in ["", "Acme", "a:b", "-x", "x-", "a b", &"x".repeat(41)] {
             assert!(check_tenant_id(bad).is_err(), "{bad:?} was accepted");
         }
     }
