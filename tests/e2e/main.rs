@@ -2,6 +2,7 @@
 //! One test binary, a module per feature; the harness is the `pumphouse_e2e` library.
 
 mod api;
+mod backend_contract;
 mod chaos;
 mod cli;
 mod flows;
