@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end smoke test of the compose stack (compose/docker-compose.yml):
-#   builds the images when one is missing (ops/build-compose-images.sh), brings the stack up as
+#   builds the images (ops/build-compose-images.sh; quick when nothing changed), brings the stack up as
 #   project pumphouse-smoke, waits for /readyz, creates the flow examples/hello.yaml, starts it,
 #   waits until it runs, sends its webhook with ?wait=20s and checks the answer says "hello".
 #   Whatever happens, it tears the stack down again (volumes and pump containers included).
@@ -8,7 +8,8 @@
 # Usage: ops/compose-smoke.sh
 #   PUMPHOUSE_COMPOSE_PORT  loopback port for the API (default 8080; when 8080 is taken and this
 #                           is unset, a free port is picked)
-#   SMOKE_REBUILD=1         run ops/build-compose-images.sh even when every image exists
+#   SMOKE_REUSE=1           use the images as they are when all exist (a stale image tests
+#                           old code: only for re-running a smoke by hand)
 #   SMOKE_TIMEOUT           seconds allowed for each wait (default 120)
 #
 # Needs: docker (engine running), docker-compose 1.29+ or the `docker compose` plugin, curl, jq.
@@ -113,11 +114,11 @@ missing=()
 for image in "${images[@]}"; do
     docker image inspect "$image" >/dev/null 2>&1 || missing+=("$image")
 done
-if [[ ${#missing[@]} -gt 0 || "${SMOKE_REBUILD:-}" == 1 ]]; then
-    [[ ${#missing[@]} -gt 0 ]] && say "missing images: ${missing[*]}; building them"
+# Always built unless asked otherwise: an image left by an earlier run holds older code.
+if [[ ${#missing[@]} -gt 0 || "${SMOKE_REUSE:-}" != 1 ]]; then
     ops/build-compose-images.sh || fail "ops/build-compose-images.sh failed"
 else
-    say "images present: ${images[*]} (SMOKE_REBUILD=1 rebuilds them)"
+    say "reusing images: ${images[*]} (SMOKE_REUSE=1)"
 fi
 
 # --- up ------------------------------------------------------------------------------------
