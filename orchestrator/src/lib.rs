@@ -8,6 +8,7 @@
 //! - [`store`]: tenants, flows, executions and flow events in SQLite or PostgreSQL.
 //! - [`backend`]: where pumps run: [`backend::docker`], [`backend::process`].
 //! - [`bus`]: Redis pub/sub for triggers, the events stream for what pumps report.
+//! - [`trigger_payload`]: what a trigger request's body becomes.
 //! - [`dispatcher`]: durable acceptance and re-delivery of triggers.
 //! - [`supervisor`]: starts and stops pumps, and applies what pumps and backends report.
 //! - [`leadership`]: which replica runs the supervision loops (a lease with fencing).
@@ -29,3 +30,4 @@ pub mod metrics;
 pub mod store;
 pub mod supervisor;
 pub mod token;
+pub mod trigger_payload;

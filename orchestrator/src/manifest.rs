@@ -109,6 +109,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest duration a manifest may set. Durations become millisecond deadlines added to
+/// the clock; an unbounded one (`99999999999999999h` saturates to `u64::MAX` ms) would wrap or
+/// overflow there and turn "never" into "already past".
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Manifest {
     /// Parses and checks a manifest.
     ///
@@ -242,7 +247,23 @@ fn duration_field(
     match value {
         None => Ok(default),
         Some(text) => {
-            pumphouse_pump::duration::parse(text).map_err(|m| ManifestError::field(field, m))
+            let d = pumphouse_pump::duration::parse(text)
+                .map_err(|m| ManifestError::field(field, m))?;
+            if d > MAX_DURATION {
+                let hint = if field == "idleTimeout" {
+                    "; for a flow that never scales to zero set keepAlive: true"
+                } else {
+                    ""
+                };
+                return Err(ManifestError::field(
+                    field,
+                    format!(
+                        "`{text}` is longer than the {}h (365 days) allowed{hint}",
+                        MAX_DURATION.as_secs() / 3600
+                    ),
+                ));
+            }
+            Ok(d)
         }
     }
 }
@@ -373,6 +394,15 @@ mod tests {
                 "idleTimeout",
             ),
             ("name: a\nconfig:\n", "config"),
+            (
+                "name: a\nidleTimeout: 18446744073709551615ms\nconfig: {a: 1}\n",
+                "idleTimeout",
+            ),
+            ("name: a\nstopGrace: 8761h\nconfig: {a: 1}\n", "stopGrace"),
+            (
+                "name: a\ndeliveryTimeout: 9999999999999999h\nconfig: {a: 1}\n",
+                "deliveryTimeout",
+            ),
         ];
         for (text, field) in cases {
             let err = Manifest::parse(text).unwrap_err();
