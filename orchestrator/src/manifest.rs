@@ -189,12 +189,21 @@ impl Manifest {
                 "is empty; it is the pump's own config, such as `steps:` for the reference pump",
             ));
         }
+        // The config reaches the pump re-serialised, and some YAML the parser takes cannot be
+        // written back (a tag on a mapping key in a sequence); found by fuzzing, it made the
+        // start of such a flow panic.
+        if let Err(e) = serde_yaml::to_string(&self.config) {
+            return Err(ManifestError::field(
+                "config",
+                format!("cannot be handed to the pump as YAML ({e}); remove YAML tags (`!name`) from mapping keys"),
+            ));
+        }
         Ok(())
     }
 
     /// The config section as the YAML text handed to the pump.
     pub fn config_yaml(&self) -> String {
-        serde_yaml::to_string(&self.config).expect("a parsed YAML value always serializes")
+        serde_yaml::to_string(&self.config).expect("parse() refuses a config that cannot serialise")
     }
 
     pub fn resources(&self) -> Result<Resources, ManifestError> {
@@ -409,6 +418,15 @@ mod tests {
             assert_eq!(err.field.as_deref(), Some(field), "{text}: {err:?}");
             assert!(err.message.starts_with(field), "{err:?}");
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/manifest.rs`: accepted, then starting the flow panicked.
+    #[test]
+    fn a_config_that_cannot_be_handed_to_the_pump_is_refused() {
+        let text = "name: deaf\nconfig:\n  steps:\n    - !tag nd: ok\n";
+        let err = Manifest::parse(text).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("config"), "{err:?}");
+        assert!(err.message.contains("YAML tags"), "{err:?}");
     }
 
     #[test]
