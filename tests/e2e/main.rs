@@ -5,6 +5,7 @@ mod api;
 mod chaos;
 mod cli;
 mod flows;
+mod hostile_input;
 mod observability;
 mod replicas;
 mod status_page;

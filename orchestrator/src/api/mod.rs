@@ -4,6 +4,7 @@
 //! `line` and `column` for a manifest problem.
 
 mod flows;
+mod framework_errors;
 mod openapi;
 pub mod rate_limit;
 mod status_page;
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::NotFound("no such route; see the API sketch in README.md".into())
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(framework_errors::as_json))
         .with_state(state)
 }
 

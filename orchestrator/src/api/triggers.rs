@@ -58,7 +58,9 @@ impl WaitQuery {
         (status = 404, body = super::ErrorBody, description = "no webhook matches (wrong flow or token)"),
         (status = 409, body = super::ErrorBody, description = "the flow is stopped or in error"),
         (status = 429, body = super::ErrorBody, description = "over the flow's rate limit; see Retry-After"),
-        (status = 413, description = "the body is over 1 MiB")))]
+        (status = 400, body = super::ErrorBody, description = "`wait` does not parse or is too long, or the JSON nests too deep"),
+        (status = 413, body = super::ErrorBody, description = "the body is over 1 MiB"),
+        (status = 415, body = super::ErrorBody, description = "the body is neither JSON nor UTF-8 text")))]
 pub async fn webhook(
     State(state): State<AppState>,
     Path((flow_id, given)): Path<(String, String)>,
@@ -85,7 +87,11 @@ pub async fn webhook(
     request_body(content = serde_json::Value, description = "the trigger's payload"),
     responses((status = 202, body = TriggerAnswer), (status = 200, body = TriggerAnswer),
         (status = 502, body = TriggerAnswer), (status = 504, body = TriggerAnswer),
-        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody),
+        (status = 429, body = super::ErrorBody, description = "over the flow's rate limit; see Retry-After"),
+        (status = 400, body = super::ErrorBody, description = "`wait` does not parse or is too long, or the JSON nests too deep"),
+        (status = 413, body = super::ErrorBody, description = "the body is over 1 MiB"),
+        (status = 415, body = super::ErrorBody, description = "the body is neither JSON nor UTF-8 text")))]
 pub async fn inject(
     State(state): State<AppState>,
     Path(flow_id): Path<String>,
