@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     match Manifest::parse(text) {
         Ok(m) => accepted(text, &m),
         Err(e) => {
-            assert!(!e.message.is_empty(), "an error with no message for {text:?}");
+            assert!(
+                !e.message.is_empty(),
+                "an error with no message for {text:?}"
+            );
             if let Some(line) = e.line {
                 assert!(line >= 1, "line numbers count from 1: {e:?}");
             }
@@ -53,5 +56,8 @@ fn accepted(text: &str, m: &Manifest) {
     let config = m.config_yaml();
     let decoded: serde_yaml::Value = serde_yaml::from_str(&config)
         .unwrap_or_else(|e| panic!("the pump cannot read config {config:?}: {e}"));
-    assert_eq!(decoded, m.config, "config as handed to the pump: {config:?}");
+    assert_eq!(
+        decoded, m.config,
+        "config as handed to the pump: {config:?}"
+    );
 }

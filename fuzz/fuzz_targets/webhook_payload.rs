@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     match from_body(data) {
         Ok(payload) => accepted(data, payload),
         Err(PayloadError::NotText) => {
-            assert!(std::str::from_utf8(data).is_err(), "UTF-8 text refused: {data:?}");
+            assert!(
+                std::str::from_utf8(data).is_err(),
+                "UTF-8 text refused: {data:?}"
+            );
         }
         Err(PayloadError::TooDeep) => {}
     }
@@ -52,5 +55,8 @@ fn accepted(data: &[u8], payload: Value) {
             String::from_utf8_lossy(&wire)
         )
     });
-    assert_eq!(received.payload, trigger.payload, "through the pump's parser");
+    assert_eq!(
+        received.payload, trigger.payload,
+        "through the pump's parser"
+    );
 }
