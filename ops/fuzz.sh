@@ -31,6 +31,10 @@ fi
 cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null ||
     die "fuzz/Cargo.lock is out of date; run: cargo update --manifest-path fuzz/Cargo.toml --workspace, and commit it"
 
+# The fuzz crate is outside the workspace, so `cargo fmt --all` does not see it.
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check ||
+    die "the fuzz targets are not formatted; run: cargo fmt --manifest-path fuzz/Cargo.toml"
+
 out="$repo/target/fuzz"
 targets=("$@")
 ((${#targets[@]})) || mapfile -t targets < <(cargo fuzz list --fuzz-dir fuzz)
