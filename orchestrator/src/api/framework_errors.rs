@@ -17,6 +17,7 @@ use super::{ErrorBody, MAX_BODY_BYTES};
 /// The most of a plain-text error body read back; the framework's are a line or two.
 const MAX_PLAIN_ERROR_BYTES: usize = 16 * 1024;
 
+/// Passes every answer through, except an error answer that is not JSON, which it rewrites.
 pub async fn as_json(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
