@@ -17,7 +17,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v docker-compose >/dev/null || missing+=(docker-compose)   # the compose smoke test
 command -v debootstrap >/dev/null || missing+=(debootstrap)         # its Redis/PostgreSQL images
-python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # kubernetes-validate's venv
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)  # kubernetes-validate's and schemathesis' venvs
 if ((${#missing[@]})); then
     [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}"
     say "installing ${missing[*]}"
@@ -65,5 +65,10 @@ ops/build-images.sh
 # 7. The suite.
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 
-# 8. The docker compose stack, built from local images, brought up, sent a webhook, torn down.
+# 8. Hostile input: each fuzz target for FUZZ_SECONDS (60), then schemathesis against the
+# served OpenAPI document.
+ops/fuzz.sh
+ops/schemathesis.sh
+
+# 9. The docker compose stack, built from local images, brought up, sent a webhook, torn down.
 ops/compose-smoke.sh

@@ -9,6 +9,7 @@
 //! - [`tenants`]: tenants' API tokens and the audit log.
 //! - [`backend`]: where pumps run: [`backend::docker`], [`backend::process`].
 //! - [`bus`]: Redis pub/sub for triggers, the events stream for what pumps report.
+//! - [`trigger_payload`]: what a trigger request's body becomes.
 //! - [`dispatcher`]: durable acceptance and re-delivery of triggers.
 //! - [`pump_users`]: each pump's own Redis ACL user, limited to its flow's keys and channel.
 //! - [`supervisor`]: starts and stops pumps, and applies what pumps and backends report.
@@ -35,3 +36,4 @@ pub mod store;
 pub mod supervisor;
 pub mod tenants;
 pub mod token;
+pub mod trigger_payload;

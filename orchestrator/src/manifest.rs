@@ -109,6 +109,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest duration a manifest may set. Durations become millisecond deadlines added to
+/// the clock; an unbounded one (`99999999999999999h` saturates to `u64::MAX` ms) would wrap or
+/// overflow there and turn "never" into "already past".
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Manifest {
     /// Parses and checks a manifest.
     ///
@@ -184,12 +189,21 @@ impl Manifest {
                 "is empty; it is the pump's own config, such as `steps:` for the reference pump",
             ));
         }
+        // The config reaches the pump re-serialised, and some YAML the parser takes cannot be
+        // written back (a tag on a mapping key in a sequence); found by fuzzing, it made the
+        // start of such a flow panic.
+        if let Err(e) = serde_yaml::to_string(&self.config) {
+            return Err(ManifestError::field(
+                "config",
+                format!("cannot be handed to the pump as YAML ({e}); remove YAML tags (`!name`) from mapping keys"),
+            ));
+        }
         Ok(())
     }
 
     /// The config section as the YAML text handed to the pump.
     pub fn config_yaml(&self) -> String {
-        serde_yaml::to_string(&self.config).expect("a parsed YAML value always serializes")
+        serde_yaml::to_string(&self.config).expect("parse() refuses a config that cannot serialise")
     }
 
     pub fn resources(&self) -> Result<Resources, ManifestError> {
@@ -242,7 +256,23 @@ fn duration_field(
     match value {
         None => Ok(default),
         Some(text) => {
-            pumphouse_pump::duration::parse(text).map_err(|m| ManifestError::field(field, m))
+            let d = pumphouse_pump::duration::parse(text)
+                .map_err(|m| ManifestError::field(field, m))?;
+            if d > MAX_DURATION {
+                let hint = if field == "idleTimeout" {
+                    "; for a flow that never scales to zero set keepAlive: true"
+                } else {
+                    ""
+                };
+                return Err(ManifestError::field(
+                    field,
+                    format!(
+                        "`{text}` is longer than the {}h (365 days) allowed{hint}",
+                        MAX_DURATION.as_secs() / 3600
+                    ),
+                ));
+            }
+            Ok(d)
         }
     }
 }
@@ -373,12 +403,30 @@ mod tests {
                 "idleTimeout",
             ),
             ("name: a\nconfig:\n", "config"),
+            (
+                "name: a\nidleTimeout: 18446744073709551615ms\nconfig: {a: 1}\n",
+                "idleTimeout",
+            ),
+            ("name: a\nstopGrace: 8761h\nconfig: {a: 1}\n", "stopGrace"),
+            (
+                "name: a\ndeliveryTimeout: 9999999999999999h\nconfig: {a: 1}\n",
+                "deliveryTimeout",
+            ),
         ];
         for (text, field) in cases {
             let err = Manifest::parse(text).unwrap_err();
             assert_eq!(err.field.as_deref(), Some(field), "{text}: {err:?}");
             assert!(err.message.starts_with(field), "{err:?}");
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/manifest.rs`: accepted, then starting the flow panicked.
+    #[test]
+    fn a_config_that_cannot_be_handed_to_the_pump_is_refused() {
+        let text = "name: deaf\nconfig:\n  steps:\n    - !tag nd: ok\n";
+        let err = Manifest::parse(text).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("config"), "{err:?}");
+        assert!(err.message.contains("YAML tags"), "{err:?}");
     }
 
     #[test]

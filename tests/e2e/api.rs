@@ -235,7 +235,10 @@ async fn oversized_bodies_are_refused_with_a_json_error_and_nothing_is_recorded(
     let (code, body) = app.post("/api/flows", &"x".repeat(2 << 20)).await;
     assert_eq!(code, 413, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("over 1 MiB"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the 1024 KiB allowed"),
         "{body}"
     );
     let (_, flows) = app.get("/api/flows").await;

@@ -6,6 +6,7 @@ mod backend_contract;
 mod chaos;
 mod cli;
 mod flows;
+mod hostile_input;
 mod observability;
 mod redis_isolation;
 mod replicas;

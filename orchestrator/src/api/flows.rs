@@ -123,10 +123,13 @@ pub async fn list(
 }
 
 #[utoipa::path(post, path = "/api/flows", tag = "flows",
-    request_body(content = String, content_type = "application/yaml", description = "the flow manifest"),
+    request_body(content = String, content_type = "application/yaml", description = "the flow manifest",
+        example = "name: hello\nconfig:\n  steps:\n    - respond: {greeting: \"hello, {{payload.name}}\"}\n"),
     responses((status = 201, body = CreatedFlow),
         (status = 409, body = super::ErrorBody, description = "a flow of that name exists"),
-        (status = 422, body = super::ErrorBody, description = "the manifest is invalid; `field`, `line` and `column` say where")))]
+        (status = 422, body = super::ErrorBody, description = "the manifest is invalid; `field`, `line` and `column` say where"),
+        (status = 400, body = super::ErrorBody, description = "the body is not UTF-8 text"),
+        (status = 413, body = super::ErrorBody, description = "the body is over 1 MiB")))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -275,7 +278,9 @@ pub async fn show(
 #[utoipa::path(put, path = "/api/flows/{id}", tag = "flows",
     params(("id" = String, Path, description = "the flow's id or name")),
     request_body(content = String, content_type = "application/yaml", description = "the new manifest; same name"),
-    responses((status = 200, body = UpdatedFlow), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 200, body = UpdatedFlow), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody),
+        (status = 400, body = super::ErrorBody, description = "the body is not UTF-8 text"),
+        (status = 413, body = super::ErrorBody, description = "the body is over 1 MiB")))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -332,7 +337,8 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/api/flows/{id}", tag = "flows",
     params(("id" = String, Path, description = "the flow's id or name")),
-    responses((status = 204, description = "stopped and deleted with its history"), (status = 404, body = super::ErrorBody)))]
+    responses((status = 204, description = "stopped and deleted with its history"), (status = 404, body = super::ErrorBody),
+        (status = 502, body = super::ErrorBody, description = "the backend could not stop the pump; nothing was deleted")))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -360,7 +366,8 @@ pub async fn delete(
     params(("id" = String, Path, description = "the flow's id or name")),
     responses((status = 202, body = FlowSummary, description = "starting; `running` once the pump reports ready"),
         (status = 200, body = FlowSummary, description = "already starting or running"),
-        (status = 404, body = super::ErrorBody), (status = 502, body = super::ErrorBody, description = "the backend could not start the pump")))]
+        (status = 404, body = super::ErrorBody), (status = 502, body = super::ErrorBody, description = "the backend could not start the pump"),
+        (status = 409, body = super::ErrorBody, description = "the stored manifest no longer parses; apply it again")))]
 pub async fn start(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -388,7 +395,8 @@ pub async fn start(
 
 #[utoipa::path(post, path = "/api/flows/{id}/stop", tag = "flows",
     params(("id" = String, Path, description = "the flow's id or name")),
-    responses((status = 200, body = FlowSummary), (status = 404, body = super::ErrorBody)))]
+    responses((status = 200, body = FlowSummary), (status = 404, body = super::ErrorBody),
+        (status = 502, body = super::ErrorBody, description = "the backend could not stop the pump")))]
 pub async fn stop(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -435,7 +443,9 @@ pub struct TailQuery {
         ("tail" = Option<usize>, Query, description = "lines from the end (100; at most 10000)"),
         ("follow" = Option<bool>, Query, description = "keep sending new lines as server-sent events")),
     responses((status = 200, body = LogLines, description = "JSON, or `text/event-stream` with `follow=true`"),
-        (status = 404, body = super::ErrorBody)))]
+        (status = 404, body = super::ErrorBody),
+        (status = 400, body = super::ErrorBody, description = "`tail` or `follow` does not parse"),
+        (status = 502, body = super::ErrorBody, description = "the backend could not read the pump's log")))]
 pub async fn logs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -475,7 +485,8 @@ pub struct LimitQuery {
 #[utoipa::path(get, path = "/api/flows/{id}/executions", tag = "executions",
     params(("id" = String, Path, description = "the flow's id or name"),
         ("limit" = Option<i64>, Query, description = "how many, newest first (50; at most 1000)")),
-    responses((status = 200, body = [ExecutionView]), (status = 404, body = super::ErrorBody)))]
+    responses((status = 200, body = [ExecutionView]), (status = 404, body = super::ErrorBody),
+        (status = 400, body = super::ErrorBody, description = "`limit` does not parse")))]
 pub async fn executions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

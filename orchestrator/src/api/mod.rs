@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod flows;
+mod framework_errors;
 mod openapi;
 pub mod rate_limit;
 mod secrets;
@@ -111,61 +112,12 @@ pub fn router(state: AppState) -> Router {
             ApiError::NotFound("no such route; see the API sketch in README.md".into())
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(framework_errors::as_json))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             run_to_completion,
         ))
         .with_state(state)
-}
-
-/// Gives the errors axum answers by itself (a body over the limit, a method a route does not
-/// take, a path it cannot read) the same JSON shape as ours, with what to do about them.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let resp = next.run(req).await;
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-        .unwrap_or_default();
-    let error = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => format!(
-            "the body is over {} MiB; send less (keep large data outside and send a reference)",
-            MAX_BODY_BYTES / (1024 * 1024)
-        ),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            format!("this route does not take {method}; see /openapi.json for what it takes")
-        }
-        _ if text.is_empty() => status
-            .canonical_reason()
-            .unwrap_or("request failed")
-            .to_string(),
-        _ => text,
-    };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let body = ErrorBody {
-        error,
-        field: None,
-        line: None,
-        column: None,
-    };
-    let mut resp = (status, Json(body)).into_response();
-    for (k, v) in parts.headers.iter() {
-        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
-            resp.headers_mut().insert(k.clone(), v.clone());
-        }
-    }
-    resp
 }
 
 /// Runs each request's handler as a task of its own, so neither the request timeout nor a

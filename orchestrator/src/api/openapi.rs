@@ -2,7 +2,9 @@
 //! `/openapi.json`.
 
 use axum::Json;
-use utoipa::OpenApi;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
 use super::flows::{
     CreatedFlow, ExecutionView, FlowDetail, FlowSummary, LogLines, RotatedToken, UpdatedFlow,
@@ -75,9 +77,78 @@ use crate::tenants::{ApiToken, AuditEntry, Tenant};
         SecretList,
         SecretChanged,
         SecretInfo
-    ))
+    )),
+    modifiers(&CommonErrors)
 )]
 pub struct ApiDoc;
+
+/// The error answers every route can give, added here rather than on each handler so no route
+/// can forget them: 500 when the store or Redis fails, and 401 on the management routes when
+/// the server has an API token.
+struct CommonErrors;
+
+/// Routes that answer without the API token.
+const OPEN_ROUTES: &[&str] = &[
+    "/api/triggers/{flow_id}/webhook/{token}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+];
+
+/// Routes that touch neither the store nor Redis, so cannot fail that way.
+const INFALLIBLE_ROUTES: &[&str] = &["/healthz", "/openapi.json"];
+
+impl Modify for CommonErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                if !OPEN_ROUTES.contains(&path.as_str()) {
+                    add_error(
+                        op,
+                        "401",
+                        "no valid token: the server's --admin-token or a tenant's API token",
+                    );
+                }
+                // Every route runs under the request timeout.
+                add_error(
+                    op,
+                    "503",
+                    "no answer within the request timeout; the request goes on in the background",
+                );
+                if !INFALLIBLE_ROUTES.contains(&path.as_str()) {
+                    add_error(op, "500", "the store failed; the message says how");
+                }
+            }
+        }
+    }
+}
+
+fn add_error(op: &mut Operation, code: &str, description: &str) {
+    op.responses
+        .responses
+        .entry(code.to_string())
+        .or_insert_with(|| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
+}
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",

@@ -16,6 +16,7 @@ use crate::dispatcher::Outcome;
 use crate::manifest::{Manifest, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_RATE_LIMIT};
 use crate::store::{status, FlowRecord};
 use crate::token;
+use crate::trigger_payload::PayloadError;
 
 /// The longest `?wait=` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -57,7 +58,9 @@ impl WaitQuery {
         (status = 404, body = super::ErrorBody, description = "no webhook matches (wrong flow or token)"),
         (status = 409, body = super::ErrorBody, description = "the flow is stopped or in error"),
         (status = 429, body = super::ErrorBody, description = "over the flow's rate limit; see Retry-After"),
-        (status = 413, description = "the body is over 1 MiB")))]
+        (status = 400, body = super::ErrorBody, description = "`wait` does not parse or is too long, or the JSON nests too deep"),
+        (status = 413, body = super::ErrorBody, description = "the body is over 1 MiB"),
+        (status = 415, body = super::ErrorBody, description = "the body is neither JSON nor UTF-8 text")))]
 pub async fn webhook(
     State(state): State<AppState>,
     Path((flow_id, given)): Path<(String, String)>,
@@ -84,7 +87,11 @@ pub async fn webhook(
     request_body(content = serde_json::Value, description = "the trigger's payload"),
     responses((status = 202, body = TriggerAnswer), (status = 200, body = TriggerAnswer),
         (status = 502, body = TriggerAnswer), (status = 504, body = TriggerAnswer),
-        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody),
+        (status = 429, body = super::ErrorBody, description = "over the flow's rate limit; see Retry-After"),
+        (status = 400, body = super::ErrorBody, description = "`wait` does not parse or is too long, or the JSON nests too deep"),
+        (status = 413, body = super::ErrorBody, description = "the body is over 1 MiB"),
+        (status = 415, body = super::ErrorBody, description = "the body is neither JSON nor UTF-8 text")))]
 pub async fn inject(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<super::auth::Caller>,
@@ -94,23 +101,6 @@ pub async fn inject(
 ) -> Result<Response, ApiError> {
     let flow = find_flow(&state, &caller, &flow_id).await?;
     accept(&state, &flow, "manual", &body, wait.duration()?).await
-}
-
-/// A body as the pump will see it: JSON as it is, other UTF-8 text as a JSON string, nothing as
-/// `null`.
-fn payload(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Value::Null);
-    }
-    if let Ok(v) = serde_json::from_slice(body) {
-        return Ok(v);
-    }
-    match std::str::from_utf8(body) {
-        Ok(text) => Ok(serde_json::Value::String(text.to_string())),
-        Err(_) => Err(ApiError::Unsupported(
-            "the body is neither JSON nor UTF-8 text; send JSON".into(),
-        )),
-    }
 }
 
 async fn accept(
@@ -139,7 +129,10 @@ async fn accept(
             flow.name, flow.status
         )));
     }
-    let payload = payload(body)?;
+    let payload = crate::trigger_payload::from_body(body).map_err(|e| match e {
+        PayloadError::NotText => ApiError::Unsupported(e.to_string()),
+        PayloadError::TooDeep => ApiError::BadRequest(e.to_string()),
+    })?;
     let manifest = Manifest::parse(&flow.manifest).ok();
     let limit = manifest
         .as_ref()
@@ -225,18 +218,4 @@ pub struct TriggerAnswer {
     pub output: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::payload;
-    use serde_json::json;
-
-    #[test]
-    fn bodies_become_json_payloads() {
-        assert_eq!(payload(b"").unwrap(), json!(null));
-        assert_eq!(payload(br#"{"a":1}"#).unwrap(), json!({"a": 1}));
-        assert_eq!(payload(b"plain words").unwrap(), json!("plain words"));
-        assert!(payload(&[0xff, 0xfe]).is_err());
-    }
 }
