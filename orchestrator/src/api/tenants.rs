@@ -192,7 +192,8 @@ pub struct AuditQuery {
 #[utoipa::path(get, path = "/api/audit", tag = "tenants",
     params(("flow" = Option<String>, Query, description = "only this flow (id or name), deleted or not"),
         ("limit" = Option<i64>, Query, description = "how many, newest first (100; at most 1000)")),
-    responses((status = 200, body = [AuditEntry], description = "the caller's tenant's audit log")))]
+    responses((status = 200, body = [AuditEntry], description = "the caller's tenant's audit log"),
+        (status = 400, body = super::ErrorBody, description = "a query parameter that does not parse")))]
 pub async fn log(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -288,11 +288,16 @@ impl Supervisor {
     }
 
     /// Has the backend start `instance_id` of the flow's pump, already recorded as `starting`.
+    ///
+    /// Holds the flow's lock: a scale-down still parking the old pump (and switching its Redis
+    /// user off) finishes before this launch grants the new pump's password and starts it.
     async fn launch(
         self: &Arc<Self>,
         flow: &FlowRecord,
         instance_id: &str,
     ) -> Result<(), SupervisorError> {
+        let lock = self.flow_locks.get(&flow.id);
+        let _serial = lock.lock().await;
         // Crash series exist from the first start, at zero, so an alert sees the first crash
         // as an increase.
         self.metrics
@@ -540,6 +545,10 @@ impl Supervisor {
         flow_id: &str,
         timeout_ms: i64,
     ) -> Result<bool, SupervisorError> {
+        // A wake that races this (the flow shows `idle` before its pump is parked) launches
+        // only once the pump is parked and its Redis user switched off; see `launch`.
+        let lock = self.flow_locks.get(flow_id);
+        let _serial = lock.lock().await;
         let Some(flow) = self.store.get_flow(flow_id).await? else {
             return Ok(false);
         };
