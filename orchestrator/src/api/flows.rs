@@ -341,6 +341,7 @@ pub async fn delete(
     let flow = find_flow(&state, &caller, &id).await?;
     state.supervisor.stop(&flow, &caller.actor()).await?;
     state.store.delete_flow(&flow.id).await?;
+    state.trigger_settings.forget(&flow.id);
     audit(
         &state,
         &caller,

@@ -13,7 +13,6 @@ use serde::Deserialize;
 
 use super::{find_flow, ApiError, AppState};
 use crate::dispatcher::Outcome;
-use crate::manifest::{Manifest, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_RATE_LIMIT};
 use crate::store::{status, FlowRecord};
 use crate::token;
 
@@ -140,11 +139,8 @@ async fn accept(
         )));
     }
     let payload = payload(body)?;
-    let manifest = Manifest::parse(&flow.manifest).ok();
-    let limit = manifest
-        .as_ref()
-        .and_then(|m| m.rate_limit)
-        .unwrap_or(DEFAULT_RATE_LIMIT);
+    let settings = state.trigger_settings.get(&flow.id, &flow.manifest);
+    let limit = settings.rate_limit;
     // Refused before anything is recorded.
     if let Err(wait) = state.rate_limiter.take(&flow.id, limit) {
         return Err(ApiError::RateLimited {
@@ -153,11 +149,7 @@ async fn accept(
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
         });
     }
-    let deadline = manifest
-        .as_ref()
-        .and_then(|m| m.delivery_timeout().ok())
-        .unwrap_or(DEFAULT_DELIVERY_TIMEOUT)
-        .max(Duration::from_secs(1));
+    let deadline = settings.delivery_timeout;
     let accepted = if state.leadership.is_leader() {
         state
             .dispatcher
