@@ -217,6 +217,7 @@ pub struct Orchestrator {
     pub cluster: String,
     pub http: reqwest::Client,
     pub store_url: String,
+    docker_backend: bool,
     /// The command line; change it between [`Orchestrator::terminate`] and
     /// [`Orchestrator::spawn_and_wait`] to restart with other settings.
     pub args: Vec<String>,
@@ -229,6 +230,17 @@ impl Orchestrator {
     /// Starts it with the Docker backend (host networking) on `store` (a URL; `None` for a
     /// fresh SQLite file) and waits until it is ready.
     pub async fn start(redis: &Redis, store: Option<&str>, image: &str, extra: &[&str]) -> Self {
+        Self::start_on("docker", redis, store, image, extra).await
+    }
+
+    /// The same with another backend (`process`: pumps as child processes).
+    pub async fn start_on(
+        backend: &str,
+        redis: &Redis,
+        store: Option<&str>,
+        image: &str,
+        extra: &[&str],
+    ) -> Self {
         let dir = TempDir::new("pumphouse-bench-orch");
         let store = store.map_or_else(
             || format!("sqlite://{}", dir.0.join("pumphouse.db").display()),
@@ -245,7 +257,7 @@ impl Orchestrator {
             "--redis",
             &redis.url(),
             "--backend",
-            "docker",
+            backend,
             "--docker-network",
             "host",
             "--pump-image",
@@ -270,6 +282,7 @@ impl Orchestrator {
                 .expect("an HTTP client"),
             args,
             store_url: store,
+            docker_backend: backend == "docker",
             child: None,
             log: dir.0.join("server.log"),
             _dir: dir,
@@ -449,6 +462,9 @@ impl Drop for Orchestrator {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if !self.docker_backend {
+            return;
         }
         let cluster = self.cluster.clone();
         // A runtime of its own on a thread of its own: drop may run inside another runtime.

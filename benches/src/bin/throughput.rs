@@ -120,9 +120,15 @@ fn manifest(i: usize, image: &str) -> String {
 
 /// One store: an orchestrator with `flows` warm pumps under wrk; checks that the store holds
 /// at least every accepted trigger.
-async fn pumphouse(store: Option<&str>, image: &str, flows: usize, load: &Load) -> (WrkRun, u64) {
+async fn pumphouse(
+    backend: &str,
+    store: Option<&str>,
+    image: &str,
+    flows: usize,
+    load: &Load,
+) -> (WrkRun, u64) {
     let redis = Redis::start();
-    let orch = Orchestrator::start(&redis, store, image, &[]).await;
+    let orch = Orchestrator::start_on(backend, &redis, store, image, &[]).await;
     let created: Vec<(String, String)> = stream::iter(0..flows)
         .map(|i| {
             let text = manifest(i, image);
@@ -149,23 +155,37 @@ async fn pumphouse(store: Option<&str>, image: &str, flows: usize, load: &Load) 
         .map(|(id, token)| format!("/api/triggers/{id}/webhook/{token}"))
         .collect();
     let store_url = orch.store_url.clone();
-    let before = count_executions(&store_url).await;
+    let (before, _) = count_executions(&store_url).await;
     let run = wrk(&orch.base, &paths, load);
-    let recorded = count_executions(&store_url).await - before;
-    (run, recorded)
+    let (after, unacked) = count_executions(&store_url).await;
+    eprintln!("throughput: {unacked} triggers not yet acknowledged by a pump when wrk ended");
+    (run, after - before)
 }
 
-async fn count_executions(store_url: &str) -> u64 {
+/// How many executions the store holds, and how many of them no pump has acknowledged yet.
+async fn count_executions(store_url: &str) -> (u64, u64) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(store_url)
         .await
         .expect("the store for counting");
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions")
-        .fetch_one(&pool)
-        .await
-        .expect("counting executions");
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sql)
+                .fetch_one(&pool)
+                .await
+                .expect("counting executions");
+            n as u64
+        }
+    };
+    let total = count("SELECT COUNT(*) FROM executions").await;
+    let unacked = count("SELECT COUNT(*) FROM executions WHERE acked_at IS NULL").await;
+    let resent = count("SELECT COALESCE(SUM(attempts - 1), 0) FROM executions").await;
     pool.close().await;
-    n as u64
+    eprintln!(
+        "throughput: store: {total} executions, {unacked} not acknowledged, {resent} re-sends"
+    );
+    (total, unacked)
 }
 
 fn baseline(paths: &[String], load: &Load) -> WrkRun {
@@ -214,7 +234,7 @@ async fn main() {
         eprintln!(
             "usage: throughput [sqlite] [postgres]   (none: both)
   BENCH_PUMP_IMAGE (pumphouse/pump:bench), BENCH_HOT_FLOWS (8), BENCH_WRK_SECS (15),
-  BENCH_WRK_CONNECTIONS (64), BENCH_WRK_THREADS (1)"
+  BENCH_WRK_CONNECTIONS (64), BENCH_WRK_THREADS (1), BENCH_BACKEND (docker; or process)"
         );
         std::process::exit(2);
     }
@@ -228,7 +248,10 @@ async fn main() {
         connections: env_number("BENCH_WRK_CONNECTIONS", 64),
         threads: env_number("BENCH_WRK_THREADS", 1),
     };
-    remove_dead_bench_containers(&docker().await).await;
+    let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "docker".into());
+    if backend == "docker" {
+        remove_dead_bench_containers(&docker().await).await;
+    }
 
     let fake: Vec<String> = (0..flows)
         .map(|i| format!("/api/triggers/{}/webhook/t{i}", uuid::Uuid::new_v4()))
@@ -240,6 +263,7 @@ async fn main() {
         eprintln!("throughput: pumphouse on {store}");
         let pg = (store == "postgres").then(Postgres::start);
         let (run, recorded) = pumphouse(
+            &backend,
             pg.as_ref().map(|p| p.url()).as_deref(),
             &image,
             flows,
@@ -251,7 +275,7 @@ async fn main() {
 
     println!();
     println!(
-        "throughput: wrk -t{} -c{} -d{}s on loopback, POSTs spread over {flows} flows with warm pumps (Docker, host network); \
+        "throughput: wrk -t{} -c{} -d{}s on loopback, POSTs spread over {flows} flows with warm pumps ({backend}); \
          SQLite WAL synchronous=NORMAL, PostgreSQL fsync=on synchronous_commit=on; Redis AOF everysec",
         load.threads, load.connections, load.secs
     );
