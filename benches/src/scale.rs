@@ -379,6 +379,23 @@ impl Orchestrator {
         );
     }
 
+    /// The same, but a 503 (the request timed out and goes on in the background, as 200 stops
+    /// at once on a busy engine do) is fine too.
+    pub async fn action_going_on(&self, flow_id: &str, action: &str) {
+        let resp = self
+            .http
+            .post(self.url(&format!("/api/flows/{flow_id}/{action}")))
+            .send()
+            .await
+            .expect("the action answered");
+        let code = resp.status();
+        assert!(
+            code.is_success() || code == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            "{action} {flow_id}: {code} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
     /// Every flow's status, by id.
     pub async fn statuses(&self) -> HashMap<String, String> {
         let v: Value = self

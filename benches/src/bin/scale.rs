@@ -28,6 +28,8 @@ struct Settings {
     window: Duration,
     load: Duration,
     loaded_pumps: usize,
+    /// The reaper part's backend (the fleet part is Docker's by definition).
+    backend: String,
 }
 
 fn manifest(name: &str, image: &str, extra: &str) -> String {
@@ -226,14 +228,6 @@ async fn fleet(s: &Settings) {
         })
         .count();
 
-    // Free Docker before the wake part: the 200 keep-alive pumps are not needed any more.
-    stream::iter(ids.iter())
-        .for_each_concurrent(16, |id| orch.action(id, "stop"))
-        .await;
-    remove_cluster(&d, &cluster).await;
-
-    let wake = mass_wake(s, &d, &orch, &redis, &wakers).await;
-
     let start = ms_samples(&start_times);
     let bare_start = ms_samples(&bare_start);
     println!();
@@ -343,6 +337,15 @@ async fn fleet(s: &Settings) {
         String::new(),
         "0",
     );
+    // Free Docker before the wake part: the 200 keep-alive pumps are not needed any more.
+    stream::iter(ids.iter())
+        .for_each_concurrent(16, |id| orch.action_going_on(id, "stop"))
+        .await;
+    orch.wait_all(&ids, "stopped", DEADLINE).await;
+    remove_cluster(&d, &cluster).await;
+
+    let wake = mass_wake(s, &d, &orch, &redis, &wakers).await;
+
     println!();
     println!(
         "wake: {} flows at zero (parked containers), one webhook each, all sent at once",
@@ -576,9 +579,10 @@ async fn reaper(s: &Settings) {
     let resyncs = s.window.as_secs_f64() / 30.0;
     println!();
     println!(
-        "reaper: orchestrator CPU over {:.0} s, {} idle flows (at zero) against none; a housekeeping tick every 100 ms, a store sweep every 1 s, a resync every 30 s",
+        "reaper: orchestrator CPU over {:.0} s, {} idle flows (at zero) against none, {} backend; a housekeeping tick every 100 ms, a store sweep every 1 s, a resync every 30 s",
         s.window.as_secs_f64(),
-        s.idle_flows
+        s.idle_flows,
+        s.backend
     );
     table_header();
     line(
@@ -640,7 +644,7 @@ fn usage() -> ! {
         "usage: scale [fleet] [reaper]   (none: both; fleet includes the mass wake)
   BENCH_PUMP_IMAGE (pumphouse/pump:bench), BENCH_FLOWS (1000), BENCH_PUMPS (200),
   BENCH_WAKE (100), BENCH_IDLE_FLOWS (10000), BENCH_WINDOW_SECS (60), BENCH_LOAD_SECS (5),
-  BENCH_LOADED_PUMPS (20)"
+  BENCH_LOADED_PUMPS (20), BENCH_BACKEND (docker; process for the reaper part only)"
     );
     std::process::exit(2)
 }
@@ -666,8 +670,11 @@ async fn main() {
         window: Duration::from_secs(env_number("BENCH_WINDOW_SECS", 60) as u64),
         load: Duration::from_secs(env_number("BENCH_LOAD_SECS", 5) as u64),
         loaded_pumps: env_number("BENCH_LOADED_PUMPS", 20),
+        backend: std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "docker".into()),
     };
-    remove_dead_bench_containers(&docker().await).await;
+    if s.backend == "docker" || sections.iter().any(|x| x == "fleet") {
+        remove_dead_bench_containers(&docker().await).await;
+    }
     for section in &sections {
         match section.as_str() {
             // The mass wake runs inside fleet, on its orchestrator and among its 1,000 flows.

@@ -180,7 +180,8 @@ async fn count_executions(store_url: &str) -> (u64, u64) {
     };
     let total = count("SELECT COUNT(*) FROM executions").await;
     let unacked = count("SELECT COUNT(*) FROM executions WHERE acked_at IS NULL").await;
-    let resent = count("SELECT COALESCE(SUM(attempts - 1), 0) FROM executions").await;
+    let resent =
+        count("SELECT CAST(COALESCE(SUM(attempts - 1), 0) AS BIGINT) FROM executions").await;
     pool.close().await;
     eprintln!(
         "throughput: store: {total} executions, {unacked} not acknowledged, {resent} re-sends"
