@@ -52,6 +52,9 @@ cleanup() {
         docker ps -a --filter label=app.kubernetes.io/managed-by=pumphouse \
             --format '{{.ID}} {{.Label "pumphouse.dev/cluster"}}' |
             awk -v p="bench-$bench_pid-" 'index($2, p) == 1 { print $1 }' | xargs -r docker rm -f >/dev/null
+        for f in /tmp/pumphouse-bench-redis-"$bench_pid"-*/redis.pid; do
+            [[ -f "$f" ]] && kill -TERM "$(cat "$f")" 2>/dev/null
+        done
         for d in /tmp/pumphouse-bench-pg-"$bench_pid"-*; do
             [[ -d "$d/data" ]] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$d/data" -m immediate stop >/dev/null 2>&1
         done

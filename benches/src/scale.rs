@@ -102,6 +102,10 @@ impl Redis {
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--dir")
             .arg(&dir.0)
+            // Redis rewrites its process title, so a clean-up after a killed run finds it by
+            // this file (ops/bench-scale.sh does).
+            .arg("--pidfile")
+            .arg(dir.0.join("redis.pid"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
