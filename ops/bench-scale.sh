@@ -42,16 +42,18 @@ bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 bench_pid=
 cleanup() {
     local status=$?
+    # Every step is tried: one failing (a Docker engine gone away) must not skip the rest.
+    set +e
     if [[ -n "$bench_pid" ]]; then
         # Its children first (orchestrator, Redis, baseline server, wrk): once it is gone they
         # would belong to init and no longer be found by their parent's id.
         pkill -TERM -P "$bench_pid" 2>/dev/null || true
         kill -TERM "$bench_pid" 2>/dev/null || true
         wait "$bench_pid" 2>/dev/null || true
-        docker ps -aq --filter "label=pumphouse-bench-pid=$bench_pid" | xargs -r docker rm -f >/dev/null
+        docker ps -aq --filter "label=pumphouse-bench-pid=$bench_pid" | xargs -r docker rm -f >/dev/null 2>&1
         docker ps -a --filter label=app.kubernetes.io/managed-by=pumphouse \
             --format '{{.ID}} {{.Label "pumphouse.dev/cluster"}}' |
-            awk -v p="bench-$bench_pid-" 'index($2, p) == 1 { print $1 }' | xargs -r docker rm -f >/dev/null
+            awk -v p="bench-$bench_pid-" 'index($2, p) == 1 { print $1 }' | xargs -r docker rm -f >/dev/null 2>&1
         for f in /tmp/pumphouse-bench-redis-"$bench_pid"-*/redis.pid; do
             [[ -f "$f" ]] && kill -TERM "$(cat "$f")" 2>/dev/null
         done

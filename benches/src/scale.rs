@@ -494,7 +494,17 @@ impl Drop for Orchestrator {
                 .enable_all()
                 .build()
                 .expect("a runtime");
-            rt.block_on(async { remove_cluster(&docker().await, &cluster).await });
+            // Bounded: an engine that stopped answering must not hang the bench for ever; the
+            // script's clean-up and the next run's `remove_dead_bench_containers` retry.
+            let removed = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(120), async {
+                    remove_cluster(&docker().await, &cluster).await
+                })
+                .await
+            });
+            if removed.is_err() {
+                eprintln!("bench: the Docker engine did not remove cluster {cluster}'s pumps within 120 s");
+            }
         })
         .join();
     }
