@@ -120,3 +120,5 @@ pub fn header(pcts: &[f64]) {
         .collect();
     println!("{:<44} {:>5} {}", "", "runs", cells.join(" "));
 }
+
+pub mod scale;

@@ -272,6 +272,7 @@ impl Application {
             leadership: leadership.clone(),
             metrics,
             rate_limiter: Default::default(),
+            trigger_settings: Default::default(),
             admin_token: config.admin_token.clone(),
             request_timeout: config.request_timeout,
             public_url: config

@@ -350,6 +350,7 @@ pub async fn delete(
     if let Err(e) = state.bus.forget_events(&flow.tenant_id, &flow.id).await {
         tracing::warn!(flow_id = %flow.id, error = %e, "the deleted flow's events stream is left in Redis");
     }
+    state.trigger_settings.forget(&flow.id);
     audit(
         &state,
         &caller,

@@ -11,6 +11,7 @@ pub mod rate_limit;
 mod secrets;
 pub mod status_page;
 mod tenants;
+pub mod trigger_settings;
 mod triggers;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub leadership: Arc<crate::leadership::Leadership>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    pub trigger_settings: Arc<trigger_settings::TriggerSettingsCache>,
     /// The admin's bearer token; without one, callers without a token act as the admin.
     pub admin_token: Option<String>,
     /// How users reach this server, for the webhook URLs it hands out.

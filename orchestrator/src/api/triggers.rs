@@ -13,7 +13,6 @@ use serde::Deserialize;
 
 use super::{find_flow, ApiError, AppState};
 use crate::dispatcher::Outcome;
-use crate::manifest::{Manifest, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_RATE_LIMIT};
 use crate::store::{status, FlowRecord};
 use crate::token;
 use crate::trigger_payload::PayloadError;
@@ -133,11 +132,8 @@ async fn accept(
         PayloadError::NotText => ApiError::Unsupported(e.to_string()),
         PayloadError::TooDeep => ApiError::BadRequest(e.to_string()),
     })?;
-    let manifest = Manifest::parse(&flow.manifest).ok();
-    let limit = manifest
-        .as_ref()
-        .and_then(|m| m.rate_limit)
-        .unwrap_or(DEFAULT_RATE_LIMIT);
+    let settings = state.trigger_settings.get(&flow.id, &flow.manifest);
+    let limit = settings.rate_limit;
     // Refused before anything is recorded.
     if let Err(wait) = state.rate_limiter.take(&flow.id, limit) {
         return Err(ApiError::RateLimited {
@@ -146,11 +142,7 @@ async fn accept(
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
         });
     }
-    let deadline = manifest
-        .as_ref()
-        .and_then(|m| m.delivery_timeout().ok())
-        .unwrap_or(DEFAULT_DELIVERY_TIMEOUT)
-        .max(Duration::from_secs(1));
+    let deadline = settings.delivery_timeout;
     let accepted = if state.leadership.is_leader() {
         state
             .dispatcher
