@@ -531,17 +531,8 @@ pub async fn docker() -> bollard::Docker {
 
 /// Ids of every container, running or not, with `label` (`key=value` or `key`).
 async fn ids_labelled(docker: &bollard::Docker, label: String) -> Vec<String> {
-    use bollard::query_parameters::ListContainersOptionsBuilder;
-    let filters = HashMap::from([("label".to_string(), vec![label])]);
-    docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
+    pumphouse_e2e::labelled(docker, label)
         .await
-        .unwrap_or_default()
         .into_iter()
         .filter_map(|c| c.id)
         .collect()
@@ -586,14 +577,12 @@ pub async fn pump_containers(
 }
 
 async fn force_remove(docker: &bollard::Docker, ids: Vec<String>) {
-    use bollard::query_parameters::RemoveContainerOptionsBuilder;
-    let opts = RemoveContainerOptionsBuilder::default().force(true).build();
     // A few at a time: 200 removals at once make dockerd itself the bottleneck for minutes.
     for chunk in ids.chunks(16) {
         futures_util::future::join_all(
             chunk
                 .iter()
-                .map(|id| docker.remove_container(id, Some(opts.clone()))),
+                .map(|id| pumphouse_e2e::force_remove(docker, id)),
         )
         .await;
     }

@@ -336,7 +336,7 @@ pub async fn docker() -> bollard::Docker {
 }
 
 /// Every container, running or not, carrying `label` (`key=value`).
-async fn labelled(
+pub async fn labelled(
     docker: &bollard::Docker,
     label: String,
 ) -> Vec<bollard::models::ContainerSummary> {
@@ -354,7 +354,7 @@ async fn labelled(
 }
 
 /// Removes a container, running or not; one that is gone already is fine.
-async fn force_remove(docker: &bollard::Docker, id: &str) {
+pub async fn force_remove(docker: &bollard::Docker, id: &str) {
     use bollard::query_parameters::RemoveContainerOptionsBuilder;
     let opts = RemoveContainerOptionsBuilder::default().force(true).build();
     let _ = docker.remove_container(id, Some(opts)).await;

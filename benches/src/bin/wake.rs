@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use pumphouse_bench::scale::pump_env;
 use pumphouse_bench::{header, ms, row, AckWatcher, Samples};
 use pumphouse_e2e::{manifest, pump_binary, Backend, TestApp, TestFlow, DEADLINE};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -60,22 +61,6 @@ async fn webhook_to_ack(app: &TestApp, flow: &TestFlow, watcher: &AckWatcher) ->
         .await
         .expect("the pump acknowledged in time");
     acked - t0
-}
-
-fn pump_env(redis_url: &str, flow_id: &str) -> Vec<(String, String)> {
-    use base64::Engine as _;
-    let config = base64::engine::general_purpose::STANDARD.encode("steps:\n  - respond: ok\n");
-    vec![
-        ("FLOW_ID".into(), flow_id.into()),
-        ("INSTANCE_ID".into(), "bench".into()),
-        ("TENANT_ID".into(), "bench".into()),
-        (
-            "TENANT_PREFIX".into(),
-            format!("tenant:bench:flow:{flow_id}:"),
-        ),
-        ("REDIS_URL".into(), redis_url.into()),
-        ("ORGANISM_YAML".into(), config),
-    ]
 }
 
 /// Spawns `cmd` and returns the time to its first line on stderr (where the pump prints its
