@@ -198,7 +198,7 @@ impl Application {
         let bus = Bus::connect(&config.redis_url).await?;
         let backend = select_backend(&config).await?;
         let metrics = Arc::new(Metrics::new());
-        let dispatcher = Arc::new(Dispatcher::new(store.clone(), bus.clone(), metrics.clone()));
+        let dispatcher = Dispatcher::new(store.clone(), bus.clone(), metrics.clone());
         let reloaded = dispatcher.load().await?;
         if reloaded > 0 {
             tracing::info!(reloaded, "re-sending triggers no pump has acknowledged yet");

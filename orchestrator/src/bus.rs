@@ -90,6 +90,23 @@ impl Bus {
             .map_err(|_| timed_out("PUBLISH"))??)
     }
 
+    /// Sends many triggers in one round trip (a pipeline), in the order given.
+    pub async fn publish_many(&self, triggers: &[(String, Trigger)]) -> Result<(), BusError> {
+        if triggers.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (flow_id, trigger) in triggers {
+            let body = serde_json::to_string(trigger).expect("triggers always serialize");
+            pipe.publish(channels::trigger(flow_id), body).ignore();
+        }
+        let mut conn = self.conn.clone();
+        let sent = pipe.query_async::<()>(&mut conn);
+        Ok(tokio::time::timeout(OP_TIMEOUT, sent)
+            .await
+            .map_err(|_| timed_out("PUBLISH"))??)
+    }
+
     /// Tells the leader that a trigger for `flow_id` was recorded by another replica. Best
     /// effort: the leader also loads unacknowledged triggers from the store every second.
     pub async fn notify_accepted(&self, flow_id: &str) {
@@ -316,7 +333,7 @@ impl Bus {
     /// only its own stream, and must not speak for another flow.
     pub async fn consume_events<F, Fut>(&self, consumer: &str, mut apply: F)
     where
-        F: FnMut(PumpEvent) -> Fut,
+        F: FnMut(Vec<PumpEvent>) -> Fut,
         Fut: Future<Output = ()>,
     {
         let mut backoff = Duration::from_millis(100);
@@ -334,7 +351,7 @@ impl Bus {
 
     async fn consume_once<F, Fut>(&self, consumer: &str, apply: &mut F) -> Result<(), BusError>
     where
-        F: FnMut(PumpEvent) -> Fut,
+        F: FnMut(Vec<PumpEvent>) -> Fut,
         Fut: Future<Output = ()>,
     {
         // A dedicated connection: XREADGROUP BLOCK would stall every other command sharing a
@@ -388,6 +405,10 @@ impl Bus {
                 Err(e) => return Err(e.into()),
             };
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            // Everything read is applied together (one store transaction for what it says about
+            // executions), then acknowledged stream by stream.
+            let mut events = Vec::new();
+            let mut read = Vec::new();
             for key in reply.map(|r| r.keys).unwrap_or_default() {
                 counts.insert(key.key.clone(), key.ids.len());
                 let Some(stream_flow) = streams.get(&key.key) else {
@@ -397,7 +418,7 @@ impl Bus {
                 for entry in key.ids {
                     let text: Option<String> = entry.get(channels::EVENT_FIELD);
                     match text.as_deref().map(serde_json::from_str::<PumpEvent>) {
-                        Some(Ok(ev)) if ev.flow_id() == stream_flow => apply(ev).await,
+                        Some(Ok(ev)) if ev.flow_id() == stream_flow => events.push(ev),
                         Some(Ok(ev)) => tracing::warn!(
                             flow_id = %stream_flow,
                             claimed = %ev.flow_id(),
@@ -412,9 +433,13 @@ impl Bus {
                     }
                     done.push(entry.id);
                 }
-                if !done.is_empty() {
-                    let _: i64 = conn.xack(&key.key, GROUP, &done).await?;
-                }
+                read.push((key.key, done));
+            }
+            if !events.is_empty() {
+                apply(events).await;
+            }
+            for (key, done) in read.into_iter().filter(|(_, d)| !d.is_empty()) {
+                let _: i64 = conn.xack(&key, GROUP, &done).await?;
             }
             for (key, id) in keys.iter().zip(&ids) {
                 if *id == "0" && counts.get(*key).copied().unwrap_or(0) < READ_BATCH {

@@ -3,9 +3,13 @@
 //!
 //! Each flow has a queue of unacknowledged triggers and a gate. The supervisor opens the gate
 //! when a pump reports ready (the queue is then sent in order) and closes it when the pump goes
-//! away; while it is closed, triggers are held. A per-flow lock makes "record, then send"
-//! atomic with respect to other triggers of the same flow, so the sequence numbers the store
-//! hands out are also the order pumps receive triggers in.
+//! away; while it is closed, triggers are held.
+//!
+//! New triggers go through one writer task (group commit): it takes every trigger waiting to be
+//! recorded, writes them all in one transaction, answers their callers, then queues and sends
+//! them in sequence order. Concurrent webhooks thus share one durable write instead of queueing
+//! for one each, and because the writer is the only path from the store to the first send, the
+//! sequence numbers the store hands out are also the order pumps receive a flow's triggers in.
 //!
 //! # Guarantees
 //! - A trigger is in the store (`queued`) before [`Dispatcher::accept`] returns, so a caller
@@ -14,18 +18,24 @@
 //!   to 2 s); past its deadline, open gate or not, it is marked `failed` with a reason.
 //! - The queue is rebuilt from the store on start-up, so a restart loses nothing.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use pumphouse_pump::Trigger;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Bus;
 use crate::flow_locks::FlowLocks;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, ExecutionRecord, FlowRecord, NewExecution, Store, StoreError};
+use crate::store::{
+    now_ms, ExecutionRecord, ExecutionReport, FlowRecord, NewExecution, Store, StoreError,
+};
+
+/// The most triggers one group commit writes. Past a few hundred the commit is no cheaper per
+/// trigger, and the callers of the first ones wait longer.
+const MAX_GROUP: usize = 512;
 
 const FIRST_RESEND_MS: i64 = 250;
 const MAX_RESEND_MS: i64 = 2_000;
@@ -83,6 +93,66 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// What pumps reported about executions in one read of their events, folded per execution,
+/// for [`Dispatcher::apply_reports`].
+#[derive(Default)]
+pub struct Reports {
+    by_id: HashMap<String, (ExecutionReport, Option<Outcome>)>,
+    /// Execution ids in the order first reported.
+    order: Vec<String>,
+}
+
+impl Reports {
+    fn entry(&mut self, id: &str) -> &mut (ExecutionReport, Option<Outcome>) {
+        if !self.by_id.contains_key(id) {
+            self.order.push(id.to_string());
+        }
+        self.by_id.entry(id.to_string()).or_insert_with(|| {
+            (
+                ExecutionReport {
+                    id: id.to_string(),
+                    ..ExecutionReport::default()
+                },
+                None,
+            )
+        })
+    }
+
+    /// The pump instance has the trigger.
+    pub fn acked(&mut self, id: &str, instance_id: &str, at: i64) {
+        let (r, _) = self.entry(id);
+        r.acked_at = Some(r.acked_at.unwrap_or(at));
+        r.instance_id = Some(instance_id.to_string());
+    }
+
+    /// The pump instance started running it.
+    pub fn started(&mut self, id: &str, instance_id: &str, at: i64) {
+        let (r, _) = self.entry(id);
+        r.started_at = Some(r.started_at.unwrap_or(at));
+        r.instance_id = Some(instance_id.to_string());
+    }
+
+    /// It ended; the first outcome reported stands.
+    pub fn ended(&mut self, id: &str, outcome: Outcome, at: i64) {
+        let (r, o) = self.entry(id);
+        if o.is_some() {
+            return;
+        }
+        r.finished = Some((
+            match &outcome {
+                Outcome::Completed(v) => Ok(v.to_string()),
+                Outcome::Failed(e) => Err(e.clone()),
+            },
+            at,
+        ));
+        *o = Some(outcome);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
 /// What [`Dispatcher::accept`] recorded.
 #[derive(Debug, Clone)]
 pub struct Accepted {
@@ -95,9 +165,21 @@ pub struct Dispatcher {
     bus: Bus,
     metrics: Arc<Metrics>,
     queues: Mutex<Queues>,
-    /// Serializes record-and-send per flow, so sequence order is delivery order.
+    /// Keeps a flow's first sends (by the writer) and its gate opening from interleaving, so
+    /// sequence order is delivery order.
     flow_locks: FlowLocks,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
+    /// To the writer task that records new triggers (see the module doc).
+    intake: mpsc::UnboundedSender<Intake>,
+}
+
+/// A trigger waiting for the writer.
+struct Intake {
+    row: NewExecution,
+    payload: Value,
+    /// The leader queues and sends it once recorded; other replicas only record it.
+    send: bool,
+    reply: oneshot::Sender<Result<Accepted, StoreError>>,
 }
 
 fn entry_from(e: &ExecutionRecord) -> Entry {
@@ -122,15 +204,21 @@ fn entry_from(e: &ExecutionRecord) -> Entry {
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, bus: Bus, metrics: Arc<Metrics>) -> Dispatcher {
-        Dispatcher {
+    /// Makes the dispatcher and starts its writer task, which ends when the dispatcher is
+    /// dropped. Needs a Tokio runtime.
+    pub fn new(store: Store, bus: Bus, metrics: Arc<Metrics>) -> Arc<Dispatcher> {
+        let (intake, waiting) = mpsc::unbounded_channel();
+        let dispatcher = Arc::new(Dispatcher {
             store,
             bus,
             metrics,
             queues: Mutex::new(Queues::default()),
             flow_locks: FlowLocks::default(),
             waiters: Mutex::new(HashMap::new()),
-        }
+            intake,
+        });
+        tokio::spawn(write_triggers(Arc::downgrade(&dispatcher), waiting));
+        dispatcher
     }
 
     /// Reloads unacknowledged triggers from the store, held until their flow's gate opens.
@@ -186,39 +274,122 @@ impl Dispatcher {
         payload: Value,
         deadline: Duration,
     ) -> Result<Accepted, StoreError> {
-        let (accepted, _) = self.insert(flow_id, kind, &payload, deadline).await?;
-        Ok(accepted)
+        self.submit(flow_id, kind, payload, deadline, false).await
     }
 
-    /// Writes a new execution, `queued`; returns it and its deadline.
-    async fn insert(
+    /// Hands a new trigger to the writer and waits until it is recorded.
+    async fn submit(
         &self,
         flow_id: &str,
         kind: &str,
-        payload: &Value,
+        payload: Value,
         deadline: Duration,
-    ) -> Result<(Accepted, i64), StoreError> {
-        let id = uuid::Uuid::new_v4().to_string();
+        send: bool,
+    ) -> Result<Accepted, StoreError> {
         let now = now_ms();
-        let deadline_at = now + deadline.as_millis() as i64;
-        let seq = self
-            .store
-            .insert_execution(&NewExecution {
-                id: id.clone(),
-                flow_id: flow_id.to_string(),
-                trigger_type: kind.to_string(),
-                payload: Some(payload.to_string()),
-                received_at: now,
-                deadline_at,
+        let row = NewExecution {
+            id: uuid::Uuid::new_v4().to_string(),
+            flow_id: flow_id.to_string(),
+            trigger_type: kind.to_string(),
+            payload: Some(payload.to_string()),
+            received_at: now,
+            deadline_at: now + deadline.as_millis() as i64,
+        };
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Shared(Arc::new(StoreError::Query(sqlx::Error::WorkerCrashed)));
+        self.intake
+            .send(Intake {
+                row,
+                payload,
+                send,
+                reply,
             })
-            .await?;
-        Ok((
-            Accepted {
-                execution_id: id,
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// The writer's step: records a group of triggers in one transaction, answers their
+    /// callers, then (on the leader) queues them and sends those whose gate is open, in
+    /// sequence order.
+    async fn commit_group(&self, group: Vec<Intake>) {
+        let rows: Vec<NewExecution> = group.iter().map(|i| i.row.clone()).collect();
+        let seqs = match self.store.insert_executions(&rows).await {
+            Ok(seqs) => seqs,
+            Err(e) => {
+                // Nothing of the group was recorded: every caller answers 5xx.
+                let e = Arc::new(e);
+                for i in group {
+                    let _ = i.reply.send(Err(StoreError::Shared(e.clone())));
+                }
+                return;
+            }
+        };
+        let mut recorded: Vec<(i64, Intake)> = seqs.into_iter().zip(group).collect();
+        recorded.sort_by_key(|(seq, _)| *seq);
+        let mut to_send = Vec::new();
+        let mut replies = Vec::with_capacity(recorded.len());
+        for (seq, i) in recorded {
+            let accepted = Accepted {
+                execution_id: i.row.id.clone(),
                 seq,
-            },
-            deadline_at,
-        ))
+            };
+            if !i.send {
+                let _ = i.reply.send(Ok(accepted));
+                continue;
+            }
+            replies.push((i.reply, accepted));
+            let trigger = Trigger {
+                id: i.row.id,
+                kind: i.row.trigger_type,
+                payload: i.payload,
+                attempt: 1,
+                seq,
+            };
+            to_send.push((i.row.flow_id, trigger, i.row.deadline_at));
+        }
+        if to_send.is_empty() {
+            return;
+        }
+        // Each flow's lock, taken in one order, so a gate opening cannot send older triggers
+        // after these.
+        let flows: BTreeSet<String> = to_send.iter().map(|(f, _, _)| f.clone()).collect();
+        let locks: Vec<_> = flows.iter().map(|f| self.flow_locks.get(f)).collect();
+        let mut guards = Vec::with_capacity(locks.len());
+        for lock in &locks {
+            guards.push(lock.lock().await);
+        }
+        let now = now_ms();
+        let publish: Vec<(String, Trigger)> = {
+            let mut q = self.queues.lock().expect("queues lock");
+            let mut publish = Vec::new();
+            for (flow_id, trigger, deadline_at) in to_send {
+                let open = q.flows.get(&flow_id).is_some_and(|f| f.open);
+                q.insert(
+                    &flow_id,
+                    Entry {
+                        trigger: trigger.clone(),
+                        next_send_at: open.then_some(now + FIRST_RESEND_MS),
+                        backoff_ms: FIRST_RESEND_MS,
+                        deadline_at,
+                        accepted_at: Some(std::time::Instant::now()),
+                    },
+                );
+                if open {
+                    publish.push((flow_id, trigger));
+                }
+            }
+            publish
+        };
+        drop(guards);
+        // Queued, so whoever looks (the reaper, a wake) sees them; the send is the dispatcher's
+        // business from here on.
+        for (reply, accepted) in replies {
+            let _ = reply.send(Ok(accepted));
+        }
+        if let Err(e) = self.bus.publish_many(&publish).await {
+            // Recorded already; the next tick re-sends them once Redis answers.
+            tracing::warn!(count = publish.len(), error = %e, "publishing triggers failed; they will be re-sent");
+        }
     }
 
     /// Takes in the flow's triggers another replica recorded, and sends them if the gate is
@@ -257,36 +428,7 @@ impl Dispatcher {
         payload: Value,
         deadline: Duration,
     ) -> Result<Accepted, StoreError> {
-        let lock = self.flow_locks.get(flow_id);
-        let _guard = lock.lock().await;
-        let (accepted, deadline_at) = self.insert(flow_id, kind, &payload, deadline).await?;
-        let now = now_ms();
-        let trigger = Trigger {
-            id: accepted.execution_id.clone(),
-            kind: kind.to_string(),
-            payload,
-            attempt: 1,
-            seq: accepted.seq,
-        };
-        let send = {
-            let mut q = self.queues.lock().expect("queues lock");
-            let open = q.flows.get(flow_id).is_some_and(|f| f.open);
-            q.insert(
-                flow_id,
-                Entry {
-                    trigger: trigger.clone(),
-                    next_send_at: open.then_some(now + FIRST_RESEND_MS),
-                    backoff_ms: FIRST_RESEND_MS,
-                    deadline_at,
-                    accepted_at: Some(std::time::Instant::now()),
-                },
-            );
-            open
-        };
-        if send {
-            self.publish(flow_id, &trigger).await;
-        }
-        Ok(accepted)
+        self.submit(flow_id, kind, payload, deadline, true).await
     }
 
     async fn publish(&self, flow_id: &str, trigger: &Trigger) {
@@ -411,6 +553,49 @@ impl Dispatcher {
         for id in ids {
             self.finish(&id, Outcome::Failed(reason.to_string()))
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies what pumps reported about executions, read together, in one store transaction:
+    /// what they acknowledged stops being sent at once (before the write: a re-send meanwhile
+    /// would only be de-duplicated by the pump), and whoever waits on one that ended is told.
+    pub async fn apply_reports(&self, reports: Reports) -> Result<(), StoreError> {
+        if reports.order.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut q = self.queues.lock().expect("queues lock");
+            for id in &reports.order {
+                if let Some(at) = q.remove(id).and_then(|e| e.accepted_at) {
+                    self.metrics.delivery.observe(at.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let Reports { mut by_id, order } = reports;
+        let rows: Vec<ExecutionReport> = order
+            .iter()
+            .filter_map(|id| by_id.get(id).map(|(r, _)| r.clone()))
+            .collect();
+        let changed = self.store.apply_reports(&rows).await?;
+        for (execution_id, flow_id) in changed {
+            let status = match by_id.get(&execution_id) {
+                Some((_, Some(Outcome::Completed(_)))) => "completed",
+                _ => "failed",
+            };
+            self.metrics
+                .executions
+                .with_label_values(&[flow_id.as_str(), status])
+                .inc();
+        }
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        for id in order {
+            let Some((_, Some(outcome))) = by_id.remove(&id) else {
+                continue;
+            };
+            for w in waiters.remove(&id).into_iter().flatten() {
+                let _ = w.send(outcome.clone());
+            }
         }
         Ok(())
     }
@@ -583,5 +768,21 @@ impl Dispatcher {
                 tracing::warn!(error = %e, "re-delivery pass failed; retrying");
             }
         }
+    }
+}
+
+/// The writer task: records whatever triggers wait, a group at a time, until the dispatcher is
+/// gone. A group is whatever arrived while the previous one was being written, so a lone
+/// trigger is written at once and a burst shares one commit.
+async fn write_triggers(
+    dispatcher: Weak<Dispatcher>,
+    mut waiting: mpsc::UnboundedReceiver<Intake>,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while waiting.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let Some(dispatcher) = dispatcher.upgrade() else {
+            return;
+        };
+        dispatcher.commit_group(std::mem::take(&mut group)).await;
     }
 }

@@ -42,6 +42,9 @@ pub enum StoreError {
     TenantExists(String),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// One failure shared by every caller whose write was in the same group commit.
+    #[error("{0}")]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -113,6 +116,42 @@ pub struct NewExecution {
     pub payload: Option<String>,
     pub received_at: i64,
     pub deadline_at: i64,
+}
+
+/// What pumps reported about one execution within one read of their events, folded together
+/// (see [`Store::apply_reports`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecutionReport {
+    pub id: String,
+    /// The pump instance that reported, when the report names one.
+    pub instance_id: Option<String>,
+    /// First acknowledged (`ack`).
+    pub acked_at: Option<i64>,
+    /// Started (`started`).
+    pub started_at: Option<i64>,
+    /// Ended: the output (`completed`) or the error (`failed`), and when.
+    pub finished: Option<(std::result::Result<String, String>, i64)>,
+}
+
+/// `(CAST($1 AS T1), CAST($2 AS T2), ...), (...)`: `rows` rows of typed parameters for a
+/// `VALUES` list. The casts give PostgreSQL the types it cannot infer inside `VALUES`; SQLite
+/// takes them as affinities.
+fn values_list(rows: usize, types: &[&str]) -> String {
+    let mut out = String::with_capacity(rows * types.len() * 24);
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for (i, ty) in types.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("CAST(${} AS {ty})", row * types.len() + i + 1));
+        }
+        out.push(')');
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -234,6 +273,17 @@ impl Store {
         Ok(Store { pool, dialect })
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then writes gets
+    /// "database is locked" without waiting when another connection wrote in between, since
+    /// its snapshot is stale; an immediate one waits its turn (`busy_timeout`) instead.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
@@ -261,7 +311,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::NameTaken`] when the tenant has a flow of that name.
     pub async fn create_flow(&self, flow: &FlowRecord, actor: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(&format!(
             "INSERT INTO flows ({FLOW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ))
@@ -302,7 +352,7 @@ impl Store {
         keep_alive: bool,
         actor: &str,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "UPDATE flows SET manifest = $2, idle_timeout_ms = $3, keep_alive = $4, updated_at = $5 WHERE id = $1",
         )
@@ -367,7 +417,7 @@ impl Store {
     /// Changes a flow's status and records why, atomically. Returns `false` (and changes
     /// nothing) when the flow is gone or no longer runs `only_instance`.
     pub async fn transition(&self, id: &str, t: Transition<'_>) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let now = now_ms();
         // The guarded no-op UPDATE comes first: it locks the row (PostgreSQL) or the database
         // (SQLite) and checks the guards under that lock, so of two racing callers only one
@@ -421,7 +471,7 @@ impl Store {
     /// Replaces a flow's webhook token hash, recording the rotation as a flow event. The old
     /// token stops working with this commit.
     pub async fn rotate_webhook_token(&self, id: &str, hash: &str, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res =
             sqlx::query("UPDATE flows SET webhook_token_hash = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
@@ -450,7 +500,7 @@ impl Store {
 
     /// Deletes a flow with its executions and events.
     pub async fn delete_flow(&self, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for table in ["executions", "flow_events"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE flow_id = $1"))
                 .bind(id)
@@ -489,18 +539,66 @@ impl Store {
     /// Records a trigger durably, queued, with its first delivery attempt counted. Returns its
     /// sequence number.
     pub async fn insert_execution(&self, e: &NewExecution) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO executions (id, flow_id, trigger_type, status, payload, attempts, received_at, deadline_at) VALUES ($1, $2, $3, 'queued', $4, 1, $5, $6) RETURNING seq",
-        )
-        .bind(&e.id)
-        .bind(&e.flow_id)
-        .bind(&e.trigger_type)
-        .bind(&e.payload)
-        .bind(e.received_at)
-        .bind(e.deadline_at)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("seq")?)
+        let seqs = self.insert_executions(std::slice::from_ref(e)).await?;
+        Ok(seqs[0])
+    }
+
+    /// Records triggers durably in one transaction (all or none), in the order given, so their
+    /// sequence numbers grow in that order. Returns each one's sequence number, in that order.
+    ///
+    /// One commit for many triggers is what lets concurrent webhooks share the cost of a
+    /// durable write (group commit); one statement per few hundred rows keeps SQLite's
+    /// per-statement hand-off to its connection thread out of the per-trigger cost.
+    pub async fn insert_executions(&self, rows: &[NewExecution]) -> Result<Vec<i64>> {
+        // 6 parameters a row: far below both databases' limits on parameters per statement.
+        const ROWS_PER_STATEMENT: usize = 500;
+        let mut seqs: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+        let mut tx = self.begin_write().await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let n = i * 6;
+                    format!(
+                        "(${}, ${}, ${}, 'queued', ${}, 1, ${}, ${})",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4,
+                        n + 5,
+                        n + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO executions (id, flow_id, trigger_type, status, payload, attempts, received_at, deadline_at) VALUES {} RETURNING id, seq",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for e in chunk {
+                query = query
+                    .bind(&e.id)
+                    .bind(&e.flow_id)
+                    .bind(&e.trigger_type)
+                    .bind(&e.payload)
+                    .bind(e.received_at)
+                    .bind(e.deadline_at);
+            }
+            // RETURNING promises no row order: match by id.
+            for r in query.fetch_all(&mut *tx).await? {
+                seqs.insert(r.try_get("id")?, r.try_get("seq")?);
+            }
+        }
+        tx.commit().await?;
+        rows.iter()
+            .map(|e| {
+                seqs.get(&e.id).copied().ok_or_else(|| {
+                    StoreError::Query(sqlx::Error::Protocol(format!(
+                        "the insert of execution {} returned no sequence number",
+                        e.id
+                    )))
+                })
+            })
+            .collect()
     }
 
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>> {
@@ -551,7 +649,7 @@ impl Store {
     /// first. Catches what [`Store::requeue_instance`] could not: an `ack` applied after the
     /// exit of the pump that sent it (events and exits travel separately, and can cross).
     pub async fn requeue_departed(&self) -> Result<Vec<ExecutionRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
             "UPDATE executions SET status = 'queued', acked_at = NULL, started_at = NULL, instance_id = NULL WHERE status IN ('queued', 'running') AND instance_id IS NOT NULL AND instance_id NOT IN (SELECT instance_id FROM flows WHERE status IN ('running', 'starting') AND instance_id IS NOT NULL) RETURNING id",
         )
@@ -575,7 +673,7 @@ impl Store {
 
     /// Marks every unfinished execution of a flow failed with `reason`; returns their ids.
     pub async fn fail_unfinished(&self, flow_id: &str, reason: &str) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE executions SET status = 'failed', error_message = $2, completed_at = $3 WHERE flow_id = $1 AND status IN ('queued', 'running') RETURNING id",
@@ -632,7 +730,7 @@ impl Store {
         flow_id: &str,
         instance_id: &str,
     ) -> Result<Vec<ExecutionRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE executions SET status = 'queued', acked_at = NULL, started_at = NULL, instance_id = NULL WHERE flow_id = $1 AND instance_id = $2 AND status IN ('queued', 'running')",
         )
@@ -648,6 +746,84 @@ impl Store {
         .await?;
         tx.commit().await?;
         rows.iter().map(exec_from_row).collect()
+    }
+
+    /// Applies what pumps reported about many executions in one transaction, with one statement
+    /// per kind of report rather than one per report. Each report is applied as its single
+    /// events would be: an outcome only to an unfinished execution, a start only to a queued
+    /// one, an acknowledgement to either. Returns the `(execution id, flow id)` of those that
+    /// finished here; those finished before are left as they were.
+    pub async fn apply_reports(
+        &self,
+        reports: &[ExecutionReport],
+    ) -> Result<Vec<(String, String)>> {
+        const ROWS_PER_STATEMENT: usize = 400;
+        let finished: Vec<&ExecutionReport> =
+            reports.iter().filter(|r| r.finished.is_some()).collect();
+        let started: Vec<&ExecutionReport> = reports
+            .iter()
+            .filter(|r| r.finished.is_none() && r.started_at.is_some())
+            .collect();
+        let acked: Vec<&ExecutionReport> = reports
+            .iter()
+            .filter(|r| r.finished.is_none() && r.started_at.is_none() && r.acked_at.is_some())
+            .collect();
+        let mut changed = Vec::new();
+        let mut tx = self.begin_write().await?;
+        for chunk in finished.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE executions SET status = v.column2, output = v.column3, error_message = v.column4, completed_at = v.column5, started_at = COALESCE(executions.started_at, v.column6, v.column5), acked_at = COALESCE(executions.acked_at, v.column7), instance_id = COALESCE(v.column8, executions.instance_id) FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.status IN ('queued', 'running') RETURNING id, flow_id",
+                values_list(chunk.len(), &["TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT"])
+            );
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                let (outcome, at) = r.finished.as_ref().expect("filtered on finished");
+                let (status, output, error) = match outcome {
+                    Ok(output) => (exec_status::COMPLETED, Some(output.as_str()), None),
+                    Err(error) => (exec_status::FAILED, None, Some(error.as_str())),
+                };
+                query = query
+                    .bind(&r.id)
+                    .bind(status)
+                    .bind(output)
+                    .bind(error)
+                    .bind(*at)
+                    .bind(r.started_at)
+                    .bind(r.acked_at.or(r.started_at))
+                    .bind(&r.instance_id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                changed.push((row.try_get("id")?, row.try_get("flow_id")?));
+            }
+        }
+        for chunk in started.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE executions SET status = 'running', started_at = v.column2, acked_at = COALESCE(executions.acked_at, v.column3), instance_id = v.column4 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.status = 'queued'",
+                values_list(chunk.len(), &["TEXT", "BIGINT", "BIGINT", "TEXT"])
+            );
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query
+                    .bind(&r.id)
+                    .bind(r.started_at)
+                    .bind(r.acked_at.or(r.started_at))
+                    .bind(&r.instance_id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in acked.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE executions SET acked_at = COALESCE(executions.acked_at, v.column2), instance_id = v.column3 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.status IN ('queued', 'running')",
+                values_list(chunk.len(), &["TEXT", "BIGINT", "TEXT"])
+            );
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query.bind(&r.id).bind(r.acked_at).bind(&r.instance_id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Finishes an execution unless it is finished already. Returns its flow's id when it
@@ -884,7 +1060,7 @@ impl Store {
         limit: usize,
         actor: &str,
     ) -> Result<SecretPut> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existing = sqlx::query("SELECT COUNT(*) AS n, SUM(CASE WHEN name = $2 THEN 1 ELSE 0 END) AS same FROM flow_secrets WHERE flow_id = $1")
             .bind(flow_id)
             .bind(name)
@@ -949,7 +1125,7 @@ impl Store {
 
     /// Deletes one secret; `false` when the flow had none of that name.
     pub async fn delete_secret(&self, flow_id: &str, name: &str, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("DELETE FROM flow_secrets WHERE flow_id = $1 AND name = $2")
             .bind(flow_id)
             .bind(name)
@@ -966,7 +1142,7 @@ impl Store {
     /// Opens a rewrite of every secret (a master key rotation), holding the table's write lock
     /// until it commits or is dropped.
     pub async fn rewrite_secrets(&self) -> Result<SecretsRewrite> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let lock = match self.dialect {
             // Blocks writers (a PUT on a replica) but not readers until the commit.
             Dialect::Postgres => "LOCK TABLE flow_secrets IN SHARE ROW EXCLUSIVE MODE",

@@ -94,7 +94,7 @@ impl Store {
         token_name: &str,
         token_hash: &str,
     ) -> Result<ApiToken> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&tenant.id)
             .bind(&tenant.name)
@@ -142,7 +142,7 @@ impl Store {
         name: &str,
         token_hash: &str,
     ) -> Result<ApiToken> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let token = insert_token(&mut tx, tenant_id, name, token_hash).await?;
         tx.commit().await?;
         Ok(token)

@@ -229,25 +229,34 @@ async fn shutdown_signal() {
 }
 
 /// Appends events to the stream in the order they were produced, retrying through outages.
+/// Whatever waits is sent together, in one pipelined round trip: under load a trigger's `ack`,
+/// `started` and `completed` (and other triggers') share it.
 async fn emit_events(
     mut redis: redis::aio::ConnectionManager,
     stream: String,
     mut rx: mpsc::UnboundedReceiver<PumpEvent>,
 ) {
-    while let Some(ev) = rx.recv().await {
-        let body = serde_json::to_string(&ev).expect("events always serialize");
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let res: redis::RedisResult<String> = redis::cmd("XADD")
+    const MAX_BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for ev in batch.drain(..) {
+            let body = serde_json::to_string(&ev).expect("events always serialize");
+            pipe.cmd("XADD")
                 .arg(&stream)
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(10_000)
                 .arg("*")
                 .arg(channels::EVENT_FIELD)
-                .arg(&body)
-                .query_async(&mut redis)
-                .await;
+                .arg(body)
+                .ignore();
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            // MULTI/EXEC-free: a retry after a half-applied pipeline can repeat some events,
+            // which the orchestrator applies idempotently.
+            let res: redis::RedisResult<()> = pipe.query_async(&mut redis).await;
             match res {
                 Ok(_) => break,
                 Err(e) => {

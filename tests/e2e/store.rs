@@ -1,6 +1,8 @@
 //! One store suite, run against SQLite and PostgreSQL.
 
-use pumphouse::store::{now_ms, status, FlowRecord, NewExecution, Store, StoreError, Transition};
+use pumphouse::store::{
+    now_ms, status, ExecutionReport, FlowRecord, NewExecution, Store, StoreError, Transition,
+};
 use pumphouse_e2e::{PostgresServer, TempDir};
 
 fn flow(name: &str) -> FlowRecord {
@@ -347,6 +349,169 @@ async fn tenancy_suite(store: &Store) {
     assert_eq!(by_name.len(), 2);
     assert_eq!(by_name, by_id);
     assert!(store.list_audit("t1", None, 10).await.unwrap().is_empty());
+}
+
+/// Group commit and folded pump reports: what the webhook path and the event reader write.
+async fn batch_suite(store: Store) {
+    store.ensure_tenant("t1", "Tenant one").await.unwrap();
+    let f = flow("batched");
+    store.create_flow(&f, "test").await.unwrap();
+
+    // Many triggers in one commit (more than one statement's worth): sequence numbers in the
+    // order given, every row there.
+    let rows: Vec<NewExecution> = (0..1100).map(|_| execution(&f.id)).collect();
+    let seqs = store.insert_executions(&rows).await.unwrap();
+    assert_eq!(seqs.len(), rows.len());
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequence follows the order given"
+    );
+    for (row, seq) in rows.iter().zip(&seqs).step_by(97) {
+        let got = store.get_execution(&row.id).await.unwrap().unwrap();
+        assert_eq!((got.seq, got.status.as_str()), (*seq, "queued"));
+    }
+    // All or nothing: a group with one bad row records none of it.
+    let good = execution(&f.id);
+    let clash = NewExecution {
+        id: rows[0].id.clone(),
+        ..execution(&f.id)
+    };
+    assert!(store
+        .insert_executions(&[good.clone(), clash])
+        .await
+        .is_err());
+    assert!(store.get_execution(&good.id).await.unwrap().is_none());
+
+    // Reports folded per execution, as one read of pump events gives them.
+    let t = now_ms();
+    let report = |i: usize| ExecutionReport {
+        id: rows[i].id.clone(),
+        instance_id: Some("inst-1".into()),
+        ..ExecutionReport::default()
+    };
+    let mut reports = vec![
+        // ack, started and completed in one read
+        ExecutionReport {
+            acked_at: Some(t),
+            started_at: Some(t + 1),
+            finished: Some((Ok(r#"{"n":0}"#.into()), t + 2)),
+            ..report(0)
+        },
+        // only acknowledged
+        ExecutionReport {
+            acked_at: Some(t),
+            ..report(1)
+        },
+        // only started: acknowledged by the start
+        ExecutionReport {
+            started_at: Some(t + 5),
+            ..report(2)
+        },
+        // failed with no ack seen
+        ExecutionReport {
+            instance_id: None,
+            finished: Some((Err("boom".into()), t + 3)),
+            ..report(3)
+        },
+        // an execution nobody knows: nothing happens
+        ExecutionReport {
+            id: "no-such-execution".into(),
+            finished: Some((Ok("1".into()), t)),
+            ..ExecutionReport::default()
+        },
+    ];
+    // Enough outcomes for more than one statement.
+    reports.extend((10..1000).map(|i| ExecutionReport {
+        finished: Some((Ok(i.to_string()), t)),
+        ..report(i)
+    }));
+    let changed = store.apply_reports(&reports).await.unwrap();
+    assert_eq!(
+        changed.len(),
+        2 + 990,
+        "only executions that ended now are returned"
+    );
+    assert!(changed.iter().all(|(_, flow)| flow == &f.id));
+    assert!(changed.iter().any(|(id, _)| id == &rows[3].id));
+    let e0 = store.get_execution(&rows[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        (e0.status.as_str(), e0.output.as_deref()),
+        ("completed", Some(r#"{"n":0}"#))
+    );
+    assert_eq!(
+        (e0.acked_at, e0.started_at, e0.completed_at),
+        (Some(t), Some(t + 1), Some(t + 2))
+    );
+    assert_eq!(e0.instance_id.as_deref(), Some("inst-1"));
+    let e1 = store.get_execution(&rows[1].id).await.unwrap().unwrap();
+    assert_eq!((e1.status.as_str(), e1.acked_at), ("queued", Some(t)));
+    let e2 = store.get_execution(&rows[2].id).await.unwrap().unwrap();
+    assert_eq!(
+        (e2.status.as_str(), e2.acked_at, e2.started_at),
+        ("running", Some(t + 5), Some(t + 5))
+    );
+    let e3 = store.get_execution(&rows[3].id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            e3.status.as_str(),
+            e3.error_message.as_deref(),
+            e3.started_at
+        ),
+        ("failed", Some("boom"), Some(t + 3))
+    );
+    assert_eq!(
+        store
+            .get_execution(&rows[999].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .output
+            .as_deref(),
+        Some("999")
+    );
+    // A finished execution stays as it ended: a late outcome, ack or start changes nothing.
+    let late = vec![
+        ExecutionReport {
+            finished: Some((Err("late duplicate".into()), t + 9)),
+            ..report(0)
+        },
+        ExecutionReport {
+            acked_at: Some(t + 9),
+            instance_id: Some("inst-2".into()),
+            ..report(3)
+        },
+        ExecutionReport {
+            started_at: Some(t + 9),
+            ..report(10)
+        },
+    ];
+    assert!(store.apply_reports(&late).await.unwrap().is_empty());
+    assert_eq!(store.get_execution(&rows[0].id).await.unwrap().unwrap(), e0);
+    assert_eq!(store.get_execution(&rows[3].id).await.unwrap().unwrap(), e3);
+    assert_eq!(
+        store
+            .get_execution(&rows[10].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "completed"
+    );
+    // Unacknowledged now: the 1100 minus those reported on.
+    assert_eq!(store.unacked_executions().await.unwrap().len(), 1100 - 994);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_batch_suite_passes_on_sqlite() {
+    let dir = TempDir::new("pumphouse-store-batch");
+    let url = format!("sqlite://{}", dir.0.join("s.db").display());
+    batch_suite(Store::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_batch_suite_passes_on_postgresql() {
+    let pg = PostgresServer::start();
+    batch_suite(Store::connect(&pg.url()).await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

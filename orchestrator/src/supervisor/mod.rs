@@ -28,7 +28,7 @@ use pumphouse_pump::{channels, env, PumpEvent};
 use serde::Serialize;
 
 use crate::backend::{Backend, BackendError, BackendEvent, PumpSpec, PumpState};
-use crate::dispatcher::{Dispatcher, Outcome};
+use crate::dispatcher::{Dispatcher, Outcome, Reports};
 use crate::manifest::{Manifest, ManifestError, DEFAULT_STOP_GRACE};
 use crate::metrics::Metrics;
 use crate::pump_users::{Credential, PumpUsers, PumpUsersError};
@@ -601,7 +601,48 @@ impl Supervisor {
 
     /// Applies one pump event. Idempotent: events may be read twice.
     pub async fn apply_pump_event(&self, ev: PumpEvent) -> Result<(), StoreError> {
+        self.apply_pump_events(vec![ev]).await
+    }
+
+    /// Applies pump events read together. What they say about executions (`ack`, `started`,
+    /// `completed`, `failed`) is folded per execution and written in one transaction; the rest
+    /// is applied one by one, in order. Idempotent: events may be read twice.
+    pub async fn apply_pump_events(&self, events: Vec<PumpEvent>) -> Result<(), StoreError> {
         let at = now_ms();
+        let mut reports = Reports::default();
+        let mut others = Vec::new();
+        for ev in events {
+            match ev {
+                PumpEvent::Ack {
+                    trigger_id,
+                    instance_id,
+                    ..
+                } => reports.acked(&trigger_id, &instance_id, at),
+                PumpEvent::Started {
+                    trigger_id,
+                    instance_id,
+                    ..
+                } => reports.started(&trigger_id, &instance_id, at),
+                PumpEvent::Completed {
+                    trigger_id, output, ..
+                } => reports.ended(&trigger_id, Outcome::Completed(output), at),
+                PumpEvent::Failed {
+                    trigger_id, error, ..
+                } => reports.ended(&trigger_id, Outcome::Failed(error), at),
+                other => others.push(other),
+            }
+        }
+        // Executions first: a `ready` in the same read opens a gate, and what the pump already
+        // acknowledged should not be sent again through it.
+        let applied = self.dispatcher.apply_reports(reports).await;
+        for ev in others {
+            self.apply_flow_event(ev, at).await?;
+        }
+        applied
+    }
+
+    /// Applies one pump event about the pump itself rather than an execution.
+    async fn apply_flow_event(&self, ev: PumpEvent, at: i64) -> Result<(), StoreError> {
         match ev {
             PumpEvent::Ready {
                 flow_id,
@@ -646,43 +687,16 @@ impl Supervisor {
                     },
                 );
             }
-            PumpEvent::Ack {
-                trigger_id,
-                instance_id,
-                ..
-            } => {
-                self.dispatcher.acknowledged(&trigger_id);
-                self.store.mark_acked(&trigger_id, &instance_id, at).await?;
-            }
-            PumpEvent::Started {
-                trigger_id,
-                instance_id,
-                ..
-            } => {
-                self.dispatcher.acknowledged(&trigger_id);
-                self.store
-                    .mark_running(&trigger_id, &instance_id, at)
-                    .await?;
-            }
-            PumpEvent::Completed {
-                trigger_id, output, ..
-            } => {
-                self.dispatcher
-                    .finish(&trigger_id, Outcome::Completed(output))
-                    .await?;
-            }
-            PumpEvent::Failed {
-                trigger_id, error, ..
-            } => {
-                self.dispatcher
-                    .finish(&trigger_id, Outcome::Failed(error))
-                    .await?;
-            }
             PumpEvent::Draining {
                 flow_id, in_flight, ..
             } => {
                 tracing::info!(flow_id, in_flight, "pump is draining");
             }
+            // Execution events are folded in `apply_pump_events`.
+            PumpEvent::Ack { .. }
+            | PumpEvent::Started { .. }
+            | PumpEvent::Completed { .. }
+            | PumpEvent::Failed { .. } => {}
         }
         Ok(())
     }
@@ -956,11 +970,11 @@ impl Supervisor {
         let events = {
             let this = self.clone();
             async move {
-                bus.consume_events(&consumer, |ev| {
+                bus.consume_events(&consumer, |events| {
                     let this = this.clone();
                     async move {
-                        if let Err(e) = this.apply_pump_event(ev).await {
-                            tracing::warn!(error = %e, "applying a pump event failed");
+                        if let Err(e) = this.apply_pump_events(events).await {
+                            tracing::warn!(error = %e, "applying pump events failed");
                         }
                     }
                 })
