@@ -5,7 +5,8 @@
 //! - [`app`]: builds the service from [`app::ServeConfig`] and runs it.
 //! - [`api`]: the HTTP API (axum).
 //! - [`manifest`]: the flow manifest, parsed and checked.
-//! - [`store`]: tenants, flows, executions and flow events in SQLite or PostgreSQL.
+//! - [`store`]: tenants, flows, executions and flow events in SQLite or PostgreSQL;
+//!   [`flow_cache`] keeps flows read recently for the webhook path.
 //! - [`tenants`]: tenants' API tokens and the audit log.
 //! - [`backend`]: where pumps run: [`backend::docker`], [`backend::process`].
 //! - [`bus`]: Redis pub/sub for triggers, the events stream for what pumps report.
@@ -26,6 +27,7 @@ pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod dispatcher;
+pub mod flow_cache;
 pub mod flow_locks;
 pub mod leadership;
 pub mod manifest;

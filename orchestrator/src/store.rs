@@ -213,6 +213,8 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     pub(crate) pool: AnyPool,
     dialect: Dialect,
+    /// Shared by every clone: writes through any clone empty it.
+    recent_flows: std::sync::Arc<crate::flow_cache::FlowCache>,
 }
 
 const FLOW_COLUMNS: &str = "id, tenant_id, name, manifest, desired_state, status, status_reason, webhook_token_hash, idle_timeout_ms, keep_alive, instance_id, pump_ref, created_at, updated_at";
@@ -270,7 +272,11 @@ impl Store {
             Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
             Dialect::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
         }
-        Ok(Store { pool, dialect })
+        Ok(Store {
+            pool,
+            dialect,
+            recent_flows: Default::default(),
+        })
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write lock at once
@@ -340,6 +346,7 @@ impl Store {
         }
         insert_event(&mut tx, &flow.id, None, &flow.status, "created", actor).await?;
         tx.commit().await?;
+        self.recent_flows.changed();
         Ok(())
     }
 
@@ -368,6 +375,7 @@ impl Store {
         }
         note_event(&mut tx, id, "manifest updated", actor).await?;
         tx.commit().await?;
+        self.recent_flows.changed();
         Ok(true)
     }
 
@@ -377,6 +385,26 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| flow_from_row(&r)).transpose()
+    }
+
+    /// The flow as read within `max_age` by this replica, else read now: for the webhook path,
+    /// where a row a moment old is good enough (see [`crate::flow_cache`]). Never older than
+    /// this replica's own last write to a flow.
+    pub async fn get_flow_recent(
+        &self,
+        id: &str,
+        max_age: std::time::Duration,
+    ) -> Result<Option<std::sync::Arc<FlowRecord>>> {
+        if let Some(flow) = self.recent_flows.get(id, max_age) {
+            return Ok(Some(flow));
+        }
+        let generation = self.recent_flows.generation();
+        let Some(flow) = self.get_flow(id).await? else {
+            return Ok(None);
+        };
+        let flow = std::sync::Arc::new(flow);
+        self.recent_flows.put(generation, flow.clone(), max_age);
+        Ok(Some(flow))
     }
 
     pub async fn get_flow_by_name(
@@ -465,6 +493,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        self.recent_flows.changed();
         Ok(true)
     }
 
@@ -484,6 +513,7 @@ impl Store {
         }
         note_event(&mut tx, id, "webhook token rotated", actor).await?;
         tx.commit().await?;
+        self.recent_flows.changed();
         Ok(true)
     }
 
@@ -495,6 +525,7 @@ impl Store {
             .bind(pump_ref)
             .execute(&self.pool)
             .await?;
+        self.recent_flows.changed();
         Ok(())
     }
 
@@ -512,6 +543,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.recent_flows.changed();
         Ok(res.rows_affected() > 0)
     }
 

@@ -34,7 +34,7 @@ async fn two_replicas_serve_one_leads_and_the_survivor_takes_over_without_double
     let follower = 1 - leader;
 
     // Created through one replica, started through the other, triggered through the follower.
-    let steady = app
+    let mut steady = app
         .create_flow(&manifest(
             "steady",
             "keepAlive: true\n",
@@ -54,6 +54,44 @@ async fn two_replicas_serve_one_leads_and_the_survivor_takes_over_without_double
         (200, &json!(1)),
         "through the follower: {body}"
     );
+
+    // A token rotated through the leader: the follower takes the new one at once, and refuses
+    // the old one once its copy of the flow is a second old (it keeps flows it read recently).
+    let (code, body) = post(
+        &app,
+        leader,
+        &format!("/api/flows/{}/webhook-token", steady.id),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let new_token = body["webhook_token"]
+        .as_str()
+        .expect("a new token")
+        .to_string();
+    let webhook = |token: &str| format!("/api/triggers/{}/webhook/{token}", steady.id);
+    let (code, body) = post(&app, follower, &webhook(&new_token), "{}").await;
+    assert_eq!(
+        code, 202,
+        "the new token works at once on the follower: {body}"
+    );
+    let rotated_at = Instant::now();
+    loop {
+        let (code, _) = post(&app, follower, &webhook(&steady.token), "{}").await;
+        if code == 404 {
+            break;
+        }
+        assert_eq!(code, 202);
+        assert!(
+            rotated_at.elapsed() < Duration::from_secs(5),
+            "the follower still takes the old token {:?} after the rotation",
+            rotated_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _) = post(&app, follower, &webhook(&steady.token), "{}").await;
+    assert_eq!(code, 404, "and keeps refusing it");
+    steady.token = new_token;
 
     // A flow at zero, woken by webhooks arriving at both replicas at once: one pump start.
     let sleepy = app
