@@ -244,7 +244,7 @@ impl Store {
 }
 
 async fn insert_token(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut crate::store::WriteTx,
     tenant_id: &str,
     name: &str,
     token_hash: &str,
