@@ -32,6 +32,30 @@ pub fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The pids of a process's children, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid ...`; comm may hold spaces, so read after the last ')'.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
 /// Resident set size of a process, in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -480,9 +504,18 @@ impl Drop for Orchestrator {
     /// Kills the orchestrator first (it would restart pumps it sees go), then removes its
     /// pumps; this runs while a panic unwinds too.
     fn drop(&mut self) {
+        // Process pumps are the orchestrator's children; once it is gone they would belong to
+        // init and outlive the bench, so they are found now and killed after it.
+        let pumps = match (&self.child, self.docker_backend) {
+            (Some(c), false) => children_of(c.id()),
+            _ => Vec::new(),
+        };
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for pid in pumps {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
         if !self.docker_backend {
             return;
