@@ -515,7 +515,9 @@ impl Drop for Orchestrator {
             let _ = c.wait();
         }
         for pid in pumps {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
         if !self.docker_backend {
             return;

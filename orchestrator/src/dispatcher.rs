@@ -512,6 +512,16 @@ impl Dispatcher {
             .is_some_and(|f| !f.entries.is_empty())
     }
 
+    /// Whether the flow's gate is open (a ready pump listens).
+    pub fn is_open(&self, flow_id: &str) -> bool {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .flows
+            .get(flow_id)
+            .is_some_and(|f| f.open)
+    }
+
     /// Flows whose gate is open.
     pub fn open_flows(&self) -> Vec<String> {
         self.queues

@@ -63,9 +63,40 @@ async fn create_flows(
         .await
 }
 
-/// Waits until every flow in `ids` is `running`; returns each one's time from `t0` to when it
-/// was first seen so (polling every 25 ms).
-async fn time_to_running(orch: &Orchestrator, ids: &[String], t0: Instant) -> Vec<Duration> {
+/// Waits until every flow in `ids` is `running`; returns each one's time from `t0_ms` to its
+/// transition to `running` as the store recorded it (ms precision). Polling the API only tells
+/// when a poll saw it, and under a start storm one poll can take seconds.
+async fn time_to_running(
+    orch: &Orchestrator,
+    ids: &[String],
+    t0: Instant,
+    t0_ms: i64,
+) -> Vec<Duration> {
+    wait_seen_running(orch, ids, t0).await;
+    let pool = sqlx::SqlitePool::connect(&orch.store_url)
+        .await
+        .expect("the SQLite store");
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT flow_id, MIN(at) FROM flow_events WHERE to_status = 'running' AND at >= ? GROUP BY flow_id",
+    )
+    .bind(t0_ms)
+    .fetch_all(&pool)
+    .await
+    .expect("reading the flows' transitions");
+    pool.close().await;
+    let at: HashMap<String, i64> = rows.into_iter().collect();
+    ids.iter()
+        .map(|id| {
+            let ms = at
+                .get(id)
+                .unwrap_or_else(|| panic!("flow {id} has no transition to running"));
+            Duration::from_millis((ms - t0_ms).max(0) as u64)
+        })
+        .collect()
+}
+
+/// Polls (every 25 ms) until every flow in `ids` has been seen `running`.
+async fn wait_seen_running(orch: &Orchestrator, ids: &[String], t0: Instant) {
     let mut seen: HashMap<String, Duration> = HashMap::new();
     while seen.len() < ids.len() {
         let now = orch.statuses().await;
@@ -84,7 +115,6 @@ async fn time_to_running(orch: &Orchestrator, ids: &[String], t0: Instant) -> Ve
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    seen.into_values().collect()
 }
 
 fn ms_samples(d: &[Duration]) -> Samples {
@@ -164,9 +194,10 @@ async fn fleet(s: &Settings) {
 
     eprintln!("scale: starting {} pumps at once", s.pumps);
     let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
+    let t0_ms = now_ms();
     let t0 = Instant::now();
     futures_util::future::join_all(ids.iter().map(|id| orch.action(id, "start"))).await;
-    let start_times = time_to_running(&orch, &ids, t0).await;
+    let start_times = time_to_running(&orch, &ids, t0, t0_ms).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_running = rss_kib(orch.pid()).unwrap_or(0);
     let pumps_idle = pump_rss(&d, &cluster, &ids).await;

@@ -14,13 +14,34 @@
 //! | `running` | another or no live pump | the pump is gone: re-queue, restart with back-off |
 //! | `starting` | the flow's pump, exited | it failed to start: `error` |
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{stop_grace, Supervisor, SupervisorError};
-use crate::backend::PumpState;
-use crate::store::{now_ms, status};
+use crate::backend::{PumpState, PumpStatus};
+use crate::store::{now_ms, status, FlowRecord};
+
+/// Whether a flow and its pump, as read at the start of a resync, already agree: then the
+/// resync skips the flow's reconcile step (a store read and a backend inspect each) rather than
+/// confirm it. A flow at zero with no live pump, the common case with many flows, is one.
+/// Anything else gets the step, which looks again under the flow's lock before acting.
+fn settled(flow: &FlowRecord, pump: Option<&PumpStatus>, gate_open: bool, armed: bool) -> bool {
+    let live = pump.filter(|p| matches!(p.state, PumpState::Running | PumpState::Starting));
+    match flow.status.as_str() {
+        status::IDLE | status::STOPPED | status::ERROR => live.is_none(),
+        // Adopted already: its gate is open and, unless kept alive, its idle clock runs.
+        status::RUNNING => live.is_some_and(|p| {
+            p.instance_id.is_some()
+                && p.instance_id == flow.instance_id
+                && gate_open
+                && (flow.keep_alive || armed)
+        }),
+        // Still starting: only an exit of its pump needs a step.
+        status::STARTING => pump.is_none_or(|p| !matches!(p.state, PumpState::Exited { .. })),
+        _ => false,
+    }
+}
 
 /// What one reconcile step did, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,8 +164,29 @@ impl Supervisor {
             .map(|f| (f.tenant_id.clone(), f.id.clone()))
             .collect();
         bus.retain_watched(&live, since);
-        let mut ids: BTreeSet<String> = wanted.into_iter().map(|f| f.id).collect();
-        ids.extend(self.backend.list().await?.into_iter().map(|p| p.flow_id));
+        let pumps: HashMap<String, PumpStatus> = self
+            .backend
+            .list()
+            .await?
+            .into_iter()
+            .map(|p| (p.flow_id.clone(), p))
+            .collect();
+        let mut ids: BTreeSet<String> = BTreeSet::new();
+        let mut known: BTreeSet<&str> = BTreeSet::new();
+        for f in &wanted {
+            known.insert(f.id.as_str());
+            let armed = self.deadlines.lock().expect("deadlines").is_armed(&f.id);
+            if !settled(f, pumps.get(&f.id), self.dispatcher.is_open(&f.id), armed) {
+                ids.insert(f.id.clone());
+            }
+        }
+        // Pumps of flows that do not want one (or do not exist) always get a step.
+        ids.extend(
+            pumps
+                .keys()
+                .filter(|id| !known.contains(id.as_str()))
+                .cloned(),
+        );
         let mut acted = 0;
         for id in ids {
             match self.reconcile(&id).await {
@@ -159,5 +201,123 @@ impl Supervisor {
             }
         }
         Ok(acted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(status: &str, instance: Option<&str>, keep_alive: bool) -> FlowRecord {
+        FlowRecord {
+            id: "f".into(),
+            tenant_id: "t".into(),
+            name: "n".into(),
+            manifest: String::new(),
+            desired_state: "running".into(),
+            status: status.into(),
+            status_reason: None,
+            webhook_token_hash: "h".into(),
+            idle_timeout_ms: 1_000,
+            keep_alive,
+            instance_id: instance.map(str::to_string),
+            pump_ref: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn pump(instance: &str, state: PumpState) -> PumpStatus {
+        PumpStatus {
+            flow_id: "f".into(),
+            instance_id: Some(instance.into()),
+            state,
+            pump_ref: "ref".into(),
+        }
+    }
+
+    #[test]
+    fn a_flow_at_zero_with_no_live_pump_is_skipped_and_one_with_a_live_pump_is_not() {
+        let idle = flow(status::IDLE, Some("i1"), false);
+        assert!(settled(&idle, None, false, false));
+        let parked = pump(
+            "i1",
+            PumpState::Exited {
+                code: Some(0),
+                oom: false,
+            },
+        );
+        assert!(settled(&idle, Some(&parked), false, false));
+        assert!(!settled(
+            &idle,
+            Some(&pump("i1", PumpState::Running)),
+            false,
+            false
+        ));
+    }
+
+    #[test]
+    fn a_running_flow_is_skipped_only_once_adopted() {
+        let running = flow(status::RUNNING, Some("i1"), false);
+        let ours = pump("i1", PumpState::Running);
+        assert!(settled(&running, Some(&ours), true, true));
+        assert!(
+            !settled(&running, Some(&ours), false, true),
+            "gate closed: adopt"
+        );
+        assert!(
+            !settled(&running, Some(&ours), true, false),
+            "idle clock not armed"
+        );
+        let kept = flow(status::RUNNING, Some("i1"), true);
+        assert!(
+            settled(&kept, Some(&ours), true, false),
+            "keepAlive has no idle clock"
+        );
+        assert!(
+            !settled(&running, Some(&pump("i2", PumpState::Running)), true, true),
+            "another instance"
+        );
+        assert!(!settled(&running, None, true, true), "the pump is gone");
+        let exited = pump(
+            "i1",
+            PumpState::Exited {
+                code: Some(1),
+                oom: false,
+            },
+        );
+        assert!(!settled(&running, Some(&exited), true, true));
+    }
+
+    #[test]
+    fn a_starting_flow_is_skipped_until_its_pump_exits() {
+        let starting = flow(status::STARTING, Some("i1"), false);
+        assert!(settled(&starting, None, false, false));
+        assert!(settled(
+            &starting,
+            Some(&pump("i1", PumpState::Starting)),
+            false,
+            false
+        ));
+        let exited = pump(
+            "i1",
+            PumpState::Exited {
+                code: Some(1),
+                oom: false,
+            },
+        );
+        assert!(!settled(&starting, Some(&exited), false, false));
+    }
+
+    #[test]
+    fn a_stopped_flow_with_a_live_pump_gets_a_step() {
+        let stopped = flow(status::STOPPED, None, false);
+        assert!(!settled(
+            &stopped,
+            Some(&pump("i1", PumpState::Running)),
+            false,
+            false
+        ));
+        assert!(settled(&stopped, None, false, false));
     }
 }
