@@ -264,7 +264,7 @@ impl Application {
             Some(key) => tracing::info!(key_id = key.id(), "flow secrets are sealed with this master key"),
             None => tracing::info!("no master key: flow secrets cannot be set; give one with --master-key-file or PUMPHOUSE_MASTER_KEY"),
         }
-        let state = AppState {
+        let state = AppState::new(api::Shared {
             store,
             supervisor,
             dispatcher,
@@ -279,7 +279,7 @@ impl Application {
                 .public_url
                 .clone()
                 .unwrap_or_else(|| format!("http://{local}")),
-        };
+        });
         tracing::info!(listen = %local, store = %redact_store(&config.store_url), redis = %bus::redact(&config.redis_url), "pumphouse is ready");
         Ok(Application {
             listener,

@@ -35,9 +35,26 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Largest request body accepted (webhook payloads, manifests).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// What every handler can reach.
+/// What every handler can reach. One shared allocation: axum clones the state for every
+/// extractor and middleware of every request, and a clone is then one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub store: Store,
     pub supervisor: Arc<Supervisor>,
     pub dispatcher: Arc<Dispatcher>,
