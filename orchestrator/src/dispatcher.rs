@@ -587,16 +587,11 @@ impl Dispatcher {
             .iter()
             .filter_map(|id| by_id.get(id).map(|(r, _)| r.clone()))
             .collect();
-        let changed = self.store.apply_reports(&rows).await?;
-        for (execution_id, flow_id) in changed {
-            let status = match by_id.get(&execution_id) {
-                Some((_, Some(Outcome::Completed(_)))) => "completed",
-                _ => "failed",
-            };
+        for ((flow_id, status), n) in self.store.apply_reports(&rows).await? {
             self.metrics
                 .executions
-                .with_label_values(&[flow_id.as_str(), status])
-                .inc();
+                .with_label_values(&[flow_id.as_str(), status.as_str()])
+                .inc_by(n);
         }
         let mut waiters = self.waiters.lock().expect("waiters lock");
         for id in order {

@@ -144,6 +144,9 @@ fn param(dialect: Dialect, n: usize) -> String {
     }
 }
 
+/// How many executions ended, by flow id and status (`completed`, `failed`).
+pub type EndedCounts = std::collections::BTreeMap<(String, String), u64>;
+
 /// `(CAST($1 AS T1), CAST($2 AS T2), ...), (...)`: `rows` rows of typed parameters for a
 /// `VALUES` list. The casts give PostgreSQL the types it cannot infer inside `VALUES`; SQLite
 /// takes them as affinities.
@@ -669,8 +672,9 @@ impl Store {
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO executions (id, flow_id, trigger_type, status, payload, attempts, received_at, deadline_at) VALUES {} RETURNING id, seq",
-                values.join(", ")
+                "INSERT INTO executions (id, flow_id, trigger_type, status, payload, attempts, received_at, deadline_at) VALUES {}{}",
+                values.join(", "),
+                if self.dialect == Dialect::Sqlite { "" } else { " RETURNING id, seq" }
             );
             let mut query = sqlx::query(&sql);
             for e in chunk {
@@ -681,6 +685,34 @@ impl Store {
                     .bind(&e.payload)
                     .bind(e.received_at)
                     .bind(e.deadline_at);
+            }
+            if self.dialect == Dialect::Sqlite {
+                // sqlx hands SQLite's rows over one by one from its connection thread; two
+                // one-row reads cost less than a row per trigger. Under the write lock a
+                // single INSERT gives its rows consecutive sequence numbers in VALUES order
+                // (AUTOINCREMENT: one above the largest so far, row by row); the first row's
+                // number is read back to check that.
+                query.execute(&mut *tx).await?;
+                let last: i64 = sqlx::query("SELECT last_insert_rowid() AS seq")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("seq")?;
+                let first = last - chunk.len() as i64 + 1;
+                let got: i64 = sqlx::query("SELECT seq FROM executions WHERE id = ?")
+                    .bind(&chunk[0].id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("seq")?;
+                if got != first {
+                    return Err(StoreError::Query(sqlx::Error::Protocol(format!(
+                        "SQLite numbered a group of {} triggers from {got}, not {first}",
+                        chunk.len()
+                    ))));
+                }
+                for (i, e) in chunk.iter().enumerate() {
+                    seqs.insert(e.id.clone(), first + i as i64);
+                }
+                continue;
             }
             // RETURNING promises no row order: match by id.
             for r in query.fetch_all(&mut *tx).await? {
@@ -850,12 +882,9 @@ impl Store {
     /// Applies what pumps reported about many executions in one transaction, with one statement
     /// per kind of report rather than one per report. Each report is applied as its single
     /// events would be: an outcome only to an unfinished execution, a start only to a queued
-    /// one, an acknowledgement to either. Returns the `(execution id, flow id)` of those that
-    /// finished here; those finished before are left as they were.
-    pub async fn apply_reports(
-        &self,
-        reports: &[ExecutionReport],
-    ) -> Result<Vec<(String, String)>> {
+    /// one, an acknowledgement to either. Returns how many ended here, by flow and status;
+    /// those that had ended before are left as they were.
+    pub async fn apply_reports(&self, reports: &[ExecutionReport]) -> Result<EndedCounts> {
         const ROWS_PER_STATEMENT: usize = 400;
         let finished: Vec<&ExecutionReport> =
             reports.iter().filter(|r| r.finished.is_some()).collect();
@@ -867,11 +896,11 @@ impl Store {
             .iter()
             .filter(|r| r.finished.is_none() && r.started_at.is_none() && r.acked_at.is_some())
             .collect();
-        let mut changed = Vec::new();
+        let mut ended = EndedCounts::new();
         let mut tx = self.begin_write().await?;
         for chunk in finished.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE executions SET status = v.column2, output = v.column3, error_message = v.column4, completed_at = v.column5, started_at = COALESCE(executions.started_at, v.column6, v.column5), acked_at = COALESCE(executions.acked_at, v.column7), instance_id = COALESCE(v.column8, executions.instance_id) FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.status IN ('queued', 'running') RETURNING id, flow_id",
+                "UPDATE executions SET status = v.column2, output = v.column3, error_message = v.column4, completed_at = v.column5, started_at = COALESCE(executions.started_at, v.column6, v.column5), acked_at = COALESCE(executions.acked_at, v.column7), instance_id = COALESCE(v.column8, executions.instance_id) FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.status IN ('queued', 'running') RETURNING flow_id, status",
                 values_list(self.dialect, chunk.len(), &["TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT"])
             );
             let mut query = sqlx::query(&sql);
@@ -892,7 +921,9 @@ impl Store {
                     .bind(&r.instance_id);
             }
             for row in query.fetch_all(&mut *tx).await? {
-                changed.push((row.try_get("id")?, row.try_get("flow_id")?));
+                *ended
+                    .entry((row.try_get("flow_id")?, row.try_get("status")?))
+                    .or_default() += 1;
             }
         }
         for chunk in started.chunks(ROWS_PER_STATEMENT) {
@@ -922,7 +953,7 @@ impl Store {
             query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(changed)
+        Ok(ended)
     }
 
     /// Finishes an execution unless it is finished already. Returns its flow's id when it
