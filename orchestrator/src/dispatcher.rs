@@ -141,7 +141,8 @@ impl Reports {
         r.finished = Some((
             match &outcome {
                 Outcome::Completed(v) => Ok(v.to_string()),
-                Outcome::Failed(e) => Err(e.clone()),
+                // PostgreSQL refuses NUL in text, and a pump's message may hold one.
+                Outcome::Failed(e) => Err(e.replace('\0', "\u{fffd}")),
             },
             at,
         ));
@@ -313,18 +314,35 @@ impl Dispatcher {
     /// sequence order.
     async fn commit_group(&self, group: Vec<Intake>) {
         let rows: Vec<NewExecution> = group.iter().map(|i| i.row.clone()).collect();
-        let seqs = match self.store.insert_executions(&rows).await {
-            Ok(seqs) => seqs,
-            Err(e) => {
-                // Nothing of the group was recorded: every caller answers 5xx.
-                let e = Arc::new(e);
-                for i in group {
-                    let _ = i.reply.send(Err(StoreError::Shared(e.clone())));
+        let mut recorded: Vec<(i64, Intake)> = match self.store.insert_executions(&rows).await {
+            Ok(seqs) => seqs.into_iter().zip(group).collect(),
+            Err(e) if group.len() == 1 => {
+                if let Some(i) = group.into_iter().next() {
+                    let _ = i.reply.send(Err(e));
                 }
                 return;
             }
+            Err(e) => {
+                // Nothing of the group was recorded. One trigger can sink a group (its flow
+                // deleted a moment ago), so each is tried alone: only those that fail again
+                // answer 5xx.
+                tracing::debug!(error = %e, count = group.len(), "a group commit failed; recording its triggers one by one");
+                let mut recorded = Vec::with_capacity(group.len());
+                for i in group {
+                    match self
+                        .store
+                        .insert_executions(std::slice::from_ref(&i.row))
+                        .await
+                    {
+                        Ok(seqs) => recorded.push((seqs[0], i)),
+                        Err(e) => {
+                            let _ = i.reply.send(Err(e));
+                        }
+                    }
+                }
+                recorded
+            }
         };
-        let mut recorded: Vec<(i64, Intake)> = seqs.into_iter().zip(group).collect();
         recorded.sort_by_key(|(seq, _)| *seq);
         let mut to_send = Vec::new();
         let mut replies = Vec::with_capacity(recorded.len());
@@ -456,8 +474,12 @@ impl Dispatcher {
                 })
                 .collect()
         };
-        for trigger in &held {
-            self.publish(flow_id, trigger).await;
+        // One round trip: the writer waits for this lock to queue the flow's new triggers.
+        let held: Vec<(String, Trigger)> =
+            held.into_iter().map(|t| (flow_id.to_string(), t)).collect();
+        if let Err(e) = self.bus.publish_many(&held).await {
+            // Queued already; the next tick re-sends them once Redis answers.
+            tracing::warn!(flow_id, count = held.len(), error = %e, "sending held triggers failed; they will be re-sent");
         }
     }
 

@@ -240,7 +240,8 @@ pub struct Store {
 /// without [`WriteTx::commit`], it rolls back.
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
-    /// Released after the commit (or the rollback), not before.
+    /// Released after the commit. On a drop it goes before sqlx's deferred rollback has run;
+    /// the next writer's `BEGIN IMMEDIATE` then waits on `busy_timeout` for that moment.
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -567,7 +568,8 @@ impl Store {
     }
 
     /// Replaces a flow's webhook token hash, recording the rotation as a flow event. The old
-    /// token stops working with this commit.
+    /// token stops working on this replica with this commit, and on others once their cached
+    /// copy of the flow is a second old (see [`crate::flow_cache`]).
     pub async fn rotate_webhook_token(&self, id: &str, hash: &str, actor: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let res =
@@ -885,6 +887,31 @@ impl Store {
     /// one, an acknowledgement to either. Returns how many ended here, by flow and status;
     /// those that had ended before are left as they were.
     pub async fn apply_reports(&self, reports: &[ExecutionReport]) -> Result<EndedCounts> {
+        match self.apply_reports_together(reports).await {
+            Err(e) if reports.len() > 1 => {
+                // One report can sink the transaction; then each is applied alone, so only
+                // what fails again is lost (and logged).
+                tracing::debug!(error = %e, count = reports.len(), "applying pump reports together failed; applying them one by one");
+                let mut ended = EndedCounts::new();
+                for r in reports {
+                    match self.apply_reports_together(std::slice::from_ref(r)).await {
+                        Ok(one) => {
+                            for (key, n) in one {
+                                *ended.entry(key).or_default() += n;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(execution_id = %r.id, error = %e, "a pump's report on an execution could not be stored")
+                        }
+                    }
+                }
+                Ok(ended)
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_reports_together(&self, reports: &[ExecutionReport]) -> Result<EndedCounts> {
         const ROWS_PER_STATEMENT: usize = 400;
         let finished: Vec<&ExecutionReport> =
             reports.iter().filter(|r| r.finished.is_some()).collect();
@@ -892,9 +919,11 @@ impl Store {
             .iter()
             .filter(|r| r.finished.is_none() && r.started_at.is_some())
             .collect();
+        // An ack goes to an execution already running too (its instance changes), which the
+        // start's statement leaves alone: a report with both gets both statements.
         let acked: Vec<&ExecutionReport> = reports
             .iter()
-            .filter(|r| r.finished.is_none() && r.started_at.is_none() && r.acked_at.is_some())
+            .filter(|r| r.finished.is_none() && r.acked_at.is_some())
             .collect();
         let mut ended = EndedCounts::new();
         let mut tx = self.begin_write().await?;

@@ -485,8 +485,25 @@ async fn batch_suite(store: Store) {
             started_at: Some(t + 9),
             ..report(10)
         },
+        // A running execution acknowledged (and started) by another instance: it moves to that
+        // instance, as a lone ack would move it, and keeps its start time.
+        ExecutionReport {
+            acked_at: Some(t + 9),
+            started_at: Some(t + 9),
+            instance_id: Some("inst-2".into()),
+            ..report(2)
+        },
     ];
     assert!(store.apply_reports(&late).await.unwrap().is_empty());
+    let moved = store.get_execution(&rows[2].id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            moved.status.as_str(),
+            moved.instance_id.as_deref(),
+            moved.started_at
+        ),
+        ("running", Some("inst-2"), Some(t + 5))
+    );
     assert_eq!(store.get_execution(&rows[0].id).await.unwrap().unwrap(), e0);
     assert_eq!(store.get_execution(&rows[3].id).await.unwrap().unwrap(), e3);
     assert_eq!(

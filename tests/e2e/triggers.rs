@@ -180,3 +180,65 @@ async fn a_failing_step_fails_the_execution_with_the_pumps_message() {
     assert_eq!(exec["error"], "cannot serve bob");
     assert_eq!(exec["trigger_type"], "manual");
 }
+
+/// Triggers recorded together share one commit; one that cannot be recorded (its flow was
+/// deleted a moment ago) must not take the others down with it.
+#[tokio::test]
+async fn a_trigger_that_cannot_be_recorded_fails_alone_in_its_group_commit() {
+    use pumphouse::dispatcher::Dispatcher;
+    use pumphouse::store::{now_ms, status, FlowRecord, Store};
+    use std::time::Duration;
+
+    let redis = pumphouse_e2e::RedisServer::start().await;
+    let dir = pumphouse_e2e::TempDir::new("pumphouse-group-commit");
+    let store = Store::connect(&format!("sqlite://{}", dir.0.join("s.db").display()))
+        .await
+        .unwrap();
+    store.ensure_tenant("default", "Default").await.unwrap();
+    let flow = FlowRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: "default".into(),
+        name: "grouped".into(),
+        manifest: "name: grouped\n".into(),
+        desired_state: "running".into(),
+        status: status::RUNNING.into(),
+        status_reason: None,
+        webhook_token_hash: "h".into(),
+        idle_timeout_ms: 60_000,
+        keep_alive: true,
+        instance_id: None,
+        pump_ref: None,
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    };
+    store.create_flow(&flow, "test").await.unwrap();
+    let bus = pumphouse::bus::Bus::connect(&redis.url()).await.unwrap();
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        bus,
+        std::sync::Arc::new(pumphouse::metrics::Metrics::new()),
+    );
+    // One runtime thread: all three are handed to the writer before it runs, so they are one
+    // group.
+    let deadline = Duration::from_secs(30);
+    let gone = uuid::Uuid::new_v4().to_string();
+    let (a, b, c) = tokio::join!(
+        dispatcher.accept(&flow.id, "webhook", json!({"n": 1}), deadline),
+        dispatcher.accept(&gone, "webhook", json!({"n": 2}), deadline),
+        dispatcher.accept(&flow.id, "webhook", json!({"n": 3}), deadline),
+    );
+    let (a, c) = (a.expect("recorded"), c.expect("recorded"));
+    assert!(
+        b.is_err(),
+        "a trigger for a flow that does not exist is refused"
+    );
+    assert!(a.seq < c.seq, "arrival order is kept");
+    for id in [&a.execution_id, &c.execution_id] {
+        let e = store
+            .get_execution(id)
+            .await
+            .unwrap()
+            .expect("in the store");
+        assert_eq!(e.status, "queued");
+    }
+}

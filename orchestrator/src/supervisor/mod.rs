@@ -635,8 +635,11 @@ impl Supervisor {
         // Executions first: a `ready` in the same read opens a gate, and what the pump already
         // acknowledged should not be sent again through it.
         let applied = self.dispatcher.apply_reports(reports).await;
+        // Each on its own: one that fails (a store blip) must not drop another flow's `ready`.
         for ev in others {
-            self.apply_flow_event(ev, at).await?;
+            if let Err(e) = self.apply_flow_event(ev, at).await {
+                tracing::warn!(error = %e, "applying a pump event failed");
+            }
         }
         applied
     }
