@@ -64,22 +64,7 @@ mod tests {
     use super::*;
 
     fn flow(id: &str, status: &str) -> Arc<FlowRecord> {
-        Arc::new(FlowRecord {
-            id: id.into(),
-            tenant_id: "t".into(),
-            name: "n".into(),
-            manifest: String::new(),
-            desired_state: "running".into(),
-            status: status.into(),
-            status_reason: None,
-            webhook_token_hash: "h".into(),
-            idle_timeout_ms: 1,
-            keep_alive: false,
-            instance_id: None,
-            pump_ref: None,
-            created_at: 0,
-            updated_at: 0,
-        })
+        Arc::new(FlowRecord::for_test(id, status))
     }
 
     #[test]

@@ -118,6 +118,29 @@ pub struct NewExecution {
     pub deadline_at: i64,
 }
 
+#[cfg(test)]
+impl FlowRecord {
+    /// A flow for unit tests, with the given id and status and plain values elsewhere.
+    pub(crate) fn for_test(id: &str, status: &str) -> FlowRecord {
+        FlowRecord {
+            id: id.into(),
+            tenant_id: "t".into(),
+            name: "n".into(),
+            manifest: String::new(),
+            desired_state: "running".into(),
+            status: status.into(),
+            status_reason: None,
+            webhook_token_hash: "h".into(),
+            idle_timeout_ms: 1_000,
+            keep_alive: false,
+            instance_id: None,
+            pump_ref: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+}
+
 /// What pumps reported about one execution within one read of their events, folded together
 /// (see [`Store::apply_reports`]).
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -63,6 +63,10 @@ async fn chaos_loses_no_accepted_trigger() {
             "100ms",
             "--crash-limit",
             "20",
+            // A start abandoned by a killed leader is relaunched by the next resync past the
+            // start timeout (20 s here): sooner than the default 30 s interval.
+            "--resync-interval",
+            "5s",
         ],
     )
     .await;

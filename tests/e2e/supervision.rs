@@ -296,3 +296,59 @@ async fn a_reconcile_step_adopts_what_runs_removes_orphans_and_is_idempotent() {
         .await
         .is_err());
 }
+
+/// A replica killed between a flow's `starting` and its pump's start leaves no one to finish
+/// the start: the leader's reconcile launches it again once the start timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_abandoned_by_its_launcher_is_launched_again_by_reconcile() {
+    use pumphouse::store::{status, Store, Transition};
+    use pumphouse::supervisor::reconcile::Step;
+    let app = TestApp::spawn_with(Backend::Process, |c| {
+        c.start_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let supervisor = app.supervisor.clone().unwrap();
+    let flow = app
+        .create_flow(&manifest(
+            "abandoned",
+            "keepAlive: true\n",
+            "    - respond: 'again {{payload.n}}'\n",
+        ))
+        .await;
+    // What a launcher leaves when it dies before starting the pump: `starting`, an instance,
+    // no pump.
+    let store = Store::connect(&app.store_url).await.unwrap();
+    let mut t = Transition::new(
+        status::STARTING,
+        "started by a replica that then died",
+        "test",
+    );
+    t.desired = Some("running");
+    t.pump = Some((Some("instance-of-a-dead-replica"), None));
+    assert!(store.transition(&flow.id, t).await.unwrap());
+    assert_eq!(
+        supervisor.reconcile(&flow.id).await.unwrap(),
+        Step::Nothing,
+        "a fresh start may still be in hand elsewhere"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match supervisor.reconcile(&flow.id).await.unwrap() {
+            Step::Relaunched => break,
+            Step::Nothing => {}
+            other => panic!("unexpected step {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned start was never taken up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.wait_status(&flow, "running").await;
+    let (code, exec) = app.webhook(&flow, &json!({"n": 1})).await;
+    assert_eq!(code, 202, "{exec}");
+    let done = app
+        .wait_execution(&flow, exec["execution_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["output"], json!("again 1"), "{done}");
+}

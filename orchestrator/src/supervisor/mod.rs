@@ -132,6 +132,8 @@ pub struct Supervisor {
     pump_users: PumpUsers,
     /// When each flow's current start or wake began, for the cold-start histogram.
     launched_at: Mutex<HashMap<String, std::time::Instant>>,
+    /// Flows whose crashed pump this replica will start again after a back-off.
+    restarts_pending: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Supervisor {
@@ -151,6 +153,7 @@ impl Supervisor {
             metrics,
             pump_users,
             launched_at: Mutex::new(HashMap::new()),
+            restarts_pending: Default::default(),
             heartbeats: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(reaper::Deadlines::default()),
             crashes: Mutex::new(HashMap::new()),
@@ -518,6 +521,29 @@ impl Supervisor {
         Ok(())
     }
 
+    /// How long a flow may stay `starting` with no pump of its instance running before its
+    /// start counts as abandoned: past the start timeout, by which a live launcher would have
+    /// failed it, with time to spare (up to 5 s) for that launcher's own step.
+    fn abandoned_after_ms(&self) -> i64 {
+        let timeout = self.settings.start_timeout.as_millis() as i64;
+        timeout + timeout.min(5_000)
+    }
+
+    /// Whether this replica is starting the flow's pump, or will after a back-off.
+    fn start_in_hand(&self, flow_id: &str) -> bool {
+        let window = Duration::from_millis(self.abandoned_after_ms() as u64);
+        self.restarts_pending
+            .lock()
+            .expect("restarts lock")
+            .contains(flow_id)
+            || self
+                .launched_at
+                .lock()
+                .expect("launched lock")
+                .get(flow_id)
+                .is_some_and(|at| at.elapsed() < window)
+    }
+
     fn forget(&self, flow_id: &str) {
         self.dispatcher.close(flow_id);
         self.heartbeats
@@ -830,8 +856,16 @@ impl Supervisor {
         }
         let this = self.clone();
         let flow_id = flow.id.clone();
+        self.restarts_pending
+            .lock()
+            .expect("restarts lock")
+            .insert(flow_id.clone());
         tokio::spawn(async move {
             tokio::time::sleep(backoff).await;
+            this.restarts_pending
+                .lock()
+                .expect("restarts lock")
+                .remove(&flow_id);
             let Ok(Some(flow)) = this.store.get_flow(&flow_id).await else {
                 return;
             };

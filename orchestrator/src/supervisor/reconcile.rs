@@ -13,6 +13,7 @@
 //! | `running` | the flow's live pump | adopt it: open its gate, arm its idle clock |
 //! | `running` | another or no live pump | the pump is gone: re-queue, restart with back-off |
 //! | `starting` | the flow's pump, exited | it failed to start: `error` |
+//! | `starting`, well past the start timeout | no pump of its instance running | its launch was abandoned (the replica launching it died): launch it again |
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -37,8 +38,8 @@ fn settled(flow: &FlowRecord, pump: Option<&PumpStatus>, gate_open: bool, armed:
                 && gate_open
                 && (flow.keep_alive || armed)
         }),
-        // Still starting: only an exit of its pump needs a step.
-        status::STARTING => pump.is_none_or(|p| !matches!(p.state, PumpState::Exited { .. })),
+        // Few flows are starting at once, and an abandoned start needs the step's clock.
+        status::STARTING => false,
         _ => false,
     }
 }
@@ -52,6 +53,7 @@ pub enum Step {
     Parked,
     Adopted,
     PumpGone,
+    Relaunched,
 }
 
 impl Supervisor {
@@ -145,6 +147,27 @@ impl Supervisor {
                     self.pump_gone(flow_id, instance_id, &how).await?;
                     Ok(Step::PumpGone)
                 }
+                (_, Some(instance_id))
+                    if !pump.as_ref().is_some_and(|p| {
+                        p.instance_id.as_deref() == Some(instance_id)
+                            && p.state == PumpState::Running
+                    }) && now_ms() - flow.updated_at > self.abandoned_after_ms()
+                        && !self.start_in_hand(flow_id) =>
+                {
+                    // A live launcher would have started the pump, or failed the start at its
+                    // timeout, by now: the replica launching it is gone (killed between the
+                    // `starting` change and the pump's start, or during a restart's back-off).
+                    tracing::warn!(flow_id, flow = %flow.name, instance_id, "a start was abandoned; launching the pump again");
+                    let this = self.clone();
+                    let instance_id = instance_id.to_string();
+                    // After this step releases the flow's lock, which the launch takes.
+                    tokio::spawn(async move {
+                        if let Err(e) = this.launch(&flow, &instance_id).await {
+                            tracing::warn!(flow_id = %flow.id, error = %e, "relaunching an abandoned start failed");
+                        }
+                    });
+                    Ok(Step::Relaunched)
+                }
                 _ => Ok(Step::Nothing),
             },
             _ => Ok(Step::Nothing),
@@ -210,20 +233,9 @@ mod tests {
 
     fn flow(status: &str, instance: Option<&str>, keep_alive: bool) -> FlowRecord {
         FlowRecord {
-            id: "f".into(),
-            tenant_id: "t".into(),
-            name: "n".into(),
-            manifest: String::new(),
-            desired_state: "running".into(),
-            status: status.into(),
-            status_reason: None,
-            webhook_token_hash: "h".into(),
-            idle_timeout_ms: 1_000,
             keep_alive,
             instance_id: instance.map(str::to_string),
-            pump_ref: None,
-            created_at: 0,
-            updated_at: 0,
+            ..FlowRecord::for_test("f", status)
         }
     }
 
@@ -290,23 +302,15 @@ mod tests {
     }
 
     #[test]
-    fn a_starting_flow_is_skipped_until_its_pump_exits() {
+    fn a_starting_flow_always_gets_a_step() {
         let starting = flow(status::STARTING, Some("i1"), false);
-        assert!(settled(&starting, None, false, false));
-        assert!(settled(
+        assert!(!settled(&starting, None, false, false));
+        assert!(!settled(
             &starting,
-            Some(&pump("i1", PumpState::Starting)),
+            Some(&pump("i1", PumpState::Running)),
             false,
             false
         ));
-        let exited = pump(
-            "i1",
-            PumpState::Exited {
-                code: Some(1),
-                oom: false,
-            },
-        );
-        assert!(!settled(&starting, Some(&exited), false, false));
     }
 
     #[test]
