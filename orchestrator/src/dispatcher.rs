@@ -97,48 +97,51 @@ pub enum Outcome {
 /// for [`Dispatcher::apply_reports`].
 #[derive(Default)]
 pub struct Reports {
-    by_id: HashMap<String, (ExecutionReport, Option<Outcome>)>,
-    /// Execution ids in the order first reported.
-    order: Vec<String>,
+    /// One per execution, in the order first reported.
+    reports: Vec<ExecutionReport>,
+    /// How each ended, if it did, for whoever waits on it (by the same index).
+    outcomes: Vec<Option<Outcome>>,
+    /// Execution id -> index.
+    index: HashMap<String, usize>,
 }
 
 impl Reports {
-    fn entry(&mut self, id: &str) -> &mut (ExecutionReport, Option<Outcome>) {
-        if !self.by_id.contains_key(id) {
-            self.order.push(id.to_string());
+    fn entry(&mut self, id: &str) -> usize {
+        if let Some(&i) = self.index.get(id) {
+            return i;
         }
-        self.by_id.entry(id.to_string()).or_insert_with(|| {
-            (
-                ExecutionReport {
-                    id: id.to_string(),
-                    ..ExecutionReport::default()
-                },
-                None,
-            )
-        })
+        self.index.insert(id.to_string(), self.reports.len());
+        self.reports.push(ExecutionReport {
+            id: id.to_string(),
+            ..ExecutionReport::default()
+        });
+        self.outcomes.push(None);
+        self.reports.len() - 1
     }
 
     /// The pump instance has the trigger.
     pub fn acked(&mut self, id: &str, instance_id: &str, at: i64) {
-        let (r, _) = self.entry(id);
+        let i = self.entry(id);
+        let r = &mut self.reports[i];
         r.acked_at = Some(r.acked_at.unwrap_or(at));
         r.instance_id = Some(instance_id.to_string());
     }
 
     /// The pump instance started running it.
     pub fn started(&mut self, id: &str, instance_id: &str, at: i64) {
-        let (r, _) = self.entry(id);
+        let i = self.entry(id);
+        let r = &mut self.reports[i];
         r.started_at = Some(r.started_at.unwrap_or(at));
         r.instance_id = Some(instance_id.to_string());
     }
 
     /// It ended; the first outcome reported stands.
     pub fn ended(&mut self, id: &str, outcome: Outcome, at: i64) {
-        let (r, o) = self.entry(id);
-        if o.is_some() {
+        let i = self.entry(id);
+        if self.outcomes[i].is_some() {
             return;
         }
-        r.finished = Some((
+        self.reports[i].finished = Some((
             match &outcome {
                 Outcome::Completed(v) => Ok(v.to_string()),
                 // PostgreSQL refuses NUL in text, and a pump's message may hold one.
@@ -146,11 +149,7 @@ impl Reports {
             },
             at,
         ));
-        *o = Some(outcome);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.outcomes[i] = Some(outcome);
     }
 }
 
@@ -313,7 +312,7 @@ impl Dispatcher {
     /// callers, then (on the leader) queues them and sends those whose gate is open, in
     /// sequence order.
     async fn commit_group(&self, group: Vec<Intake>) {
-        let rows: Vec<NewExecution> = group.iter().map(|i| i.row.clone()).collect();
+        let rows: Vec<&NewExecution> = group.iter().map(|i| &i.row).collect();
         let mut recorded: Vec<(i64, Intake)> = match self.store.insert_executions(&rows).await {
             Ok(seqs) => seqs.into_iter().zip(group).collect(),
             Err(e) if group.len() == 1 => {
@@ -593,34 +592,30 @@ impl Dispatcher {
     /// what they acknowledged stops being sent at once (before the write: a re-send meanwhile
     /// would only be de-duplicated by the pump), and whoever waits on one that ended is told.
     pub async fn apply_reports(&self, reports: Reports) -> Result<(), StoreError> {
-        if reports.order.is_empty() {
+        let Reports {
+            reports, outcomes, ..
+        } = reports;
+        if reports.is_empty() {
             return Ok(());
         }
         {
             let mut q = self.queues.lock().expect("queues lock");
-            for id in &reports.order {
-                if let Some(at) = q.remove(id).and_then(|e| e.accepted_at) {
+            for r in &reports {
+                if let Some(at) = q.remove(&r.id).and_then(|e| e.accepted_at) {
                     self.metrics.delivery.observe(at.elapsed().as_secs_f64());
                 }
             }
         }
-        let Reports { mut by_id, order } = reports;
-        let rows: Vec<ExecutionReport> = order
-            .iter()
-            .filter_map(|id| by_id.get(id).map(|(r, _)| r.clone()))
-            .collect();
-        for ((flow_id, status), n) in self.store.apply_reports(&rows).await? {
+        for ((flow_id, status), n) in self.store.apply_reports(&reports).await? {
             self.metrics
                 .executions
                 .with_label_values(&[flow_id.as_str(), status.as_str()])
                 .inc_by(n);
         }
         let mut waiters = self.waiters.lock().expect("waiters lock");
-        for id in order {
-            let Some((_, Some(outcome))) = by_id.remove(&id) else {
-                continue;
-            };
-            for w in waiters.remove(&id).into_iter().flatten() {
+        for (r, outcome) in reports.iter().zip(outcomes) {
+            let Some(outcome) = outcome else { continue };
+            for w in waiters.remove(&r.id).into_iter().flatten() {
                 let _ = w.send(outcome.clone());
             }
         }

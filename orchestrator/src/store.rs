@@ -675,12 +675,16 @@ impl Store {
     /// One commit for many triggers is what lets concurrent webhooks share the cost of a
     /// durable write (group commit); one statement per few hundred rows keeps SQLite's
     /// per-statement hand-off to its connection thread out of the per-trigger cost.
-    pub async fn insert_executions(&self, rows: &[NewExecution]) -> Result<Vec<i64>> {
+    pub async fn insert_executions<E: std::borrow::Borrow<NewExecution>>(
+        &self,
+        rows: &[E],
+    ) -> Result<Vec<i64>> {
         // 6 parameters a row: far below both databases' limits on parameters per statement.
         const ROWS_PER_STATEMENT: usize = 500;
-        let mut seqs: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+        let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
         let mut tx = self.begin_write().await?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let chunk: Vec<&NewExecution> = chunk.iter().map(|e| e.borrow()).collect();
             let p = |n: usize| param(self.dialect, n);
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
@@ -702,7 +706,7 @@ impl Store {
                 if self.dialect == Dialect::Sqlite { "" } else { " RETURNING id, seq" }
             );
             let mut query = sqlx::query(&sql);
-            for e in chunk {
+            for e in &chunk {
                 query = query
                     .bind(&e.id)
                     .bind(&e.flow_id)
@@ -734,27 +738,26 @@ impl Store {
                         chunk.len()
                     ))));
                 }
-                for (i, e) in chunk.iter().enumerate() {
-                    seqs.insert(e.id.clone(), first + i as i64);
-                }
+                seqs.extend(first..=last);
                 continue;
             }
             // RETURNING promises no row order: match by id.
+            let mut returned: HashMap<String, i64> = HashMap::with_capacity(chunk.len());
             for r in query.fetch_all(&mut *tx).await? {
-                seqs.insert(r.try_get("id")?, r.try_get("seq")?);
+                returned.insert(r.try_get("id")?, r.try_get("seq")?);
             }
-        }
-        tx.commit().await?;
-        rows.iter()
-            .map(|e| {
-                seqs.get(&e.id).copied().ok_or_else(|| {
+            for e in &chunk {
+                let seq = returned.get(&e.id).copied().ok_or_else(|| {
                     StoreError::Query(sqlx::Error::Protocol(format!(
                         "the insert of execution {} returned no sequence number",
                         e.id
                     )))
-                })
-            })
-            .collect()
+                })?;
+                seqs.push(seq);
+            }
+        }
+        tx.commit().await?;
+        Ok(seqs)
     }
 
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>> {

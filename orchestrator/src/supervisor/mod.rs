@@ -625,11 +625,6 @@ impl Supervisor {
         }
     }
 
-    /// Applies one pump event. Idempotent: events may be read twice.
-    pub async fn apply_pump_event(&self, ev: PumpEvent) -> Result<(), StoreError> {
-        self.apply_pump_events(vec![ev]).await
-    }
-
     /// Applies pump events read together. What they say about executions (`ack`, `started`,
     /// `completed`, `failed`) is folded per execution and written in one transaction; the rest
     /// is applied one by one, in order. Idempotent: events may be read twice.
