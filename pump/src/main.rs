@@ -6,6 +6,7 @@
 //! the events stream in order, retrying through Redis outages).
 
 mod config;
+mod link;
 mod steps;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -18,6 +19,7 @@ use pumphouse_pump::{channels, env, PumpEvent, Trigger, CONTRACT_VERSION};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::link::Link;
 
 /// Exit code for a config or environment the pump cannot use.
 const EXIT_CONFIG: u8 = 2;
@@ -114,7 +116,7 @@ async fn main() -> ExitCode {
 async fn run(s: Settings) -> Result<(), String> {
     let client = redis::Client::open(s.redis_url.as_str())
         .map_err(|e| format!("REDIS_URL is not a Redis URL: {e}"))?;
-    let redis = connect_manager(&client).await;
+    let redis = Link::new(client.clone());
     let flow_id = s.flow_id.clone();
     let instance_id = s.instance_id.clone();
     eprintln!(
@@ -197,27 +199,6 @@ async fn run(s: Settings) -> Result<(), String> {
     Ok(())
 }
 
-async fn connect_manager(client: &redis::Client) -> redis::aio::ConnectionManager {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        // Commands fail after a few seconds instead of hanging while Redis is away; the
-        // emitter retries its events, and a step fails with the error.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(Duration::from_secs(3))
-            .set_number_of_retries(1)
-            .set_max_delay(200);
-        match redis::aio::ConnectionManager::new_with_config(client.clone(), config).await {
-            Ok(m) => return m,
-            Err(e) => {
-                eprintln!("pump: Redis unreachable ({e}); retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
@@ -231,11 +212,7 @@ async fn shutdown_signal() {
 /// Appends events to the stream in the order they were produced, retrying through outages.
 /// Whatever waits is sent together, in one pipelined round trip: under load a trigger's `ack`,
 /// `started` and `completed` (and other triggers') share it.
-async fn emit_events(
-    mut redis: redis::aio::ConnectionManager,
-    stream: String,
-    mut rx: mpsc::UnboundedReceiver<PumpEvent>,
-) {
+async fn emit_events(mut redis: Link, stream: String, mut rx: mpsc::UnboundedReceiver<PumpEvent>) {
     const MAX_BATCH: usize = 256;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -305,7 +282,7 @@ async fn heartbeat(
 #[allow(clippy::too_many_arguments)] // each is one of the pump's shared parts, named for clarity
 async fn subscribe(
     client: redis::Client,
-    mut publisher: redis::aio::ConnectionManager,
+    mut publisher: Link,
     mut stop: watch::Receiver<bool>,
     work: mpsc::UnboundedSender<Trigger>,
     ledger: Arc<Mutex<Ledger>>,

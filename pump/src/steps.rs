@@ -7,7 +7,7 @@ use crate::config::{Config, Step};
 
 /// What the steps need from the outside world.
 pub struct StepContext {
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: crate::link::Link,
     pub prefix: String,
     pub http: reqwest::Client,
 }
@@ -126,12 +126,7 @@ where
     let mut backoff = std::time::Duration::from_millis(100);
     for _ in 0..5 {
         match command().await {
-            Err(e)
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout() =>
-            {
+            Err(e) if crate::link::is_broken(&e) => {
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             }

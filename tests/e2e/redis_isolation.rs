@@ -295,3 +295,53 @@ async fn after_a_redis_restart_the_running_pump_signs_in_again_and_keeps_working
     assert_eq!(status["status"], "running", "not restarted: {status:#}");
     assert_eq!(pump_redis_url(&app, &flow).await, url, "the same pump");
 }
+
+/// A Redis restart while no orchestrator runs leaves the pump's sign-in refused until the next
+/// leader creates its user again. The pump must keep trying: it used to give up for good on
+/// its first refused sign-in (redis-rs' `ConnectionManager` reconnects after I/O errors only),
+/// then took triggers it could never report, and every later trigger of its flow stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pump_refused_sign_in_after_a_redis_restart_keeps_trying_until_its_user_is_back() {
+    let mut app = TestApp::spawn_process(Backend::Docker, &[]).await;
+    let flow = app
+        .create_flow(&manifest("refused", "keepAlive: true\n", STEPS))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    // The container and the start of its process: neither may change.
+    let pump = |c: Option<bollard::models::ContainerInspectResponse>| {
+        c.map(|c| (c.id, c.state.and_then(|s| s.started_at)))
+    };
+    let before = pump(app.container(&flow).await);
+
+    // Nobody is left to create the pump's user again while Redis restarts.
+    app.kill_server();
+    app.redis.stop();
+    app.redis.restart().await;
+    // The pump's next heartbeat finds Redis back and its sign-in refused.
+    let started = Instant::now();
+    loop {
+        let log = app.pump_log(&flow).await;
+        if log
+            .lines()
+            .any(|l| l.contains("cannot send event") && l.contains("AuthenticationFailed"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the pump never tried to sign in again:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    app.start_server().await;
+    wait_user(&app, &flow, true).await;
+    let done = run_webhook(&app, &flow, json!({"after": "refusal"})).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(
+        pump(app.container(&flow).await),
+        before,
+        "the same pump, adopted rather than replaced or restarted"
+    );
+}

@@ -432,6 +432,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // A failed test keeps its directory (orchestrator logs among it) for the post-mortem.
+        if std::thread::panicking() {
+            eprintln!("kept for inspection: {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -842,6 +847,24 @@ impl TestApp {
             )
             .await
             .ok()
+    }
+
+    /// Everything the flow's pump container printed so far, stdout and stderr.
+    pub async fn pump_log(&self, flow: &TestFlow) -> String {
+        use futures_util::StreamExt as _;
+        let docker = self.docker.as_ref().expect("a Docker test");
+        let name = format!("pumphouse-{}-{}", self.cluster, flow.id);
+        let opts = bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let mut frames = docker.logs(&name, Some(opts));
+        let mut log = String::new();
+        while let Some(Ok(frame)) = frames.next().await {
+            log.push_str(&String::from_utf8_lossy(&frame.into_bytes()));
+        }
+        log
     }
 }
 
