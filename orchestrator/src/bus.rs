@@ -326,15 +326,18 @@ impl Bus {
         }
     }
 
-    /// Reads pump events for ever, calling `apply` for each and acknowledging it after `apply`
-    /// returns. Reconnects with back-off when Redis goes away. `consumer` names this replica in
-    /// the group; a restarted replica with the same name first re-reads what it left unacked.
-    /// An event naming another flow than the stream it came from is dropped: a pump can write
-    /// only its own stream, and must not speak for another flow.
-    pub async fn consume_events<F, Fut>(&self, consumer: &str, mut apply: F)
+    /// Reads pump events for ever, handing `apply` everything one read returns and
+    /// acknowledging it once `apply` succeeds. When `apply` fails (the store is away), nothing
+    /// is acknowledged and the same entries are read again after a back-off: an event is
+    /// dropped only by `apply` itself. Reconnects with back-off when Redis goes away.
+    /// `consumer` names this replica in the group; a restarted replica with the same name first
+    /// re-reads what it left unacked. An event naming another flow than the stream it came from
+    /// is dropped: a pump can write only its own stream, and must not speak for another flow.
+    pub async fn consume_events<F, Fut, E>(&self, consumer: &str, mut apply: F)
     where
         F: FnMut(Vec<PumpEvent>) -> Fut,
-        Fut: Future<Output = ()>,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -349,10 +352,11 @@ impl Bus {
         }
     }
 
-    async fn consume_once<F, Fut>(&self, consumer: &str, apply: &mut F) -> Result<(), BusError>
+    async fn consume_once<F, Fut, E>(&self, consumer: &str, apply: &mut F) -> Result<(), BusError>
     where
         F: FnMut(Vec<PumpEvent>) -> Fut,
-        Fut: Future<Output = ()>,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         // A dedicated connection: XREADGROUP BLOCK would stall every other command sharing a
         // multiplexed one. Its id lets `watch_events` unblock it.
@@ -367,6 +371,7 @@ impl Bus {
         // Streams whose entries delivered to this consumer before and never acknowledged have
         // been read again ("0"); after that only new entries (">").
         let mut replayed: BTreeSet<String> = BTreeSet::new();
+        let mut retry = Duration::from_millis(100);
         loop {
             let generation = self.watched.generation.load(Ordering::SeqCst);
             let streams = self.watched.streams.lock().expect("watched lock").clone();
@@ -436,7 +441,15 @@ impl Bus {
                 read.push((key.key, done));
             }
             if !events.is_empty() {
-                apply(events).await;
+                if let Err(e) = apply(events).await {
+                    tracing::warn!(error = %e, ?retry, "applying pump events failed; reading them again");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(5));
+                    // Unacknowledged, they are still this consumer's: read from "0" again.
+                    replayed.clear();
+                    continue;
+                }
+                retry = Duration::from_millis(100);
             }
             for (key, done) in read.into_iter().filter(|(_, d)| !d.is_empty()) {
                 let _: i64 = conn.xack(&key, GROUP, &done).await?;

@@ -12,7 +12,7 @@
 //!   report from a pump cannot overwrite the first outcome.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -48,6 +48,36 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How long a call waits for a connection, reconnecting included, before it fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl StoreError {
+    /// Whether the store could not be reached, or was busy, so the same statement may well
+    /// work later; as opposed to the store refusing this statement.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Connect(_) => true,
+            StoreError::Query(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // PostgreSQL: connection exceptions (08), shutting down or starting up (57P),
+                // too many connections, serialization failure, deadlock. SQLite: busy, locked.
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                    c.starts_with("08")
+                        || c.starts_with("57P")
+                        || matches!(&*c, "53300" | "40001" | "40P01" | "5" | "6" | "517")
+                }),
+                _ => false,
+            },
+            StoreError::Shared(e) => e.is_unavailable(),
+            _ => false,
+        }
+    }
+}
 
 /// Flow lifecycle states, as stored and shown.
 pub mod status {
@@ -314,7 +344,9 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
-        let mut options = AnyPoolOptions::new();
+        // A store that is away fails a call within seconds rather than sqlx's default 30: the
+        // API answers 503 at once, and a lease renewal fails well before its lease expires.
+        let mut options = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
         if dialect == Dialect::Sqlite {
             options = options.max_connections(4).after_connect(|conn, _| {
                 Box::pin(async move {
@@ -911,12 +943,16 @@ impl Store {
     /// per kind of report rather than one per report. Each report is applied as its single
     /// events would be: an outcome only to an unfinished execution, a start only to a queued
     /// one, an acknowledgement to either. Returns how many ended here, by flow and status;
-    /// those that had ended before are left as they were.
+    /// those that had ended before are left as they were. Fails only when the store is
+    /// unavailable, perhaps after applying some; applying them all again is safe.
     pub async fn apply_reports(&self, reports: &[ExecutionReport]) -> Result<EndedCounts> {
         match self.apply_reports_together(reports).await {
-            Err(e) if reports.len() > 1 => {
-                // One report can sink the transaction; then each is applied alone, so only
-                // what fails again is lost (and logged).
+            // Nothing is lost: the caller offers the same reports again later.
+            Err(e) if e.is_unavailable() => Err(e),
+            Err(e) => {
+                // One report the store refuses sinks the transaction; then each is applied
+                // alone, so only what is refused again is dropped (and logged). Applying a
+                // report twice changes nothing, so an outage half-way is retried whole.
                 tracing::debug!(error = %e, count = reports.len(), "applying pump reports together failed; applying them one by one");
                 let mut ended = EndedCounts::new();
                 for r in reports {
@@ -926,14 +962,15 @@ impl Store {
                                 *ended.entry(key).or_default() += n;
                             }
                         }
+                        Err(e) if e.is_unavailable() => return Err(e),
                         Err(e) => {
-                            tracing::warn!(execution_id = %r.id, error = %e, "a pump's report on an execution could not be stored")
+                            tracing::warn!(execution_id = %r.id, error = %e, "the store refused a pump's report on an execution; it is dropped")
                         }
                     }
                 }
                 Ok(ended)
             }
-            other => other,
+            ok => ok,
         }
     }
 
@@ -1504,4 +1541,21 @@ fn credentials_from_row(r: &AnyRow) -> Result<PumpCredentials> {
         status: r.try_get("status")?,
         password_hashes: hashes.split_whitespace().map(str::to_owned).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_store_that_is_away_counts_as_unavailable() {
+        let away = StoreError::Query(sqlx::Error::PoolTimedOut);
+        assert!(away.is_unavailable());
+        assert!(StoreError::Shared(std::sync::Arc::new(away)).is_unavailable());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(StoreError::Query(sqlx::Error::Io(refused)).is_unavailable());
+        // The store answered, and said no: trying again changes nothing.
+        assert!(!StoreError::Query(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!StoreError::NameTaken("a".into()).is_unavailable());
+    }
 }

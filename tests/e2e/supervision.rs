@@ -1,9 +1,12 @@
-//! Supervision: crash loops, OOM kills, orchestrator restarts and shutdowns, a Redis restart.
+//! Supervision: crash loops, OOM kills, orchestrator restarts and shutdowns, a Redis restart,
+//! a store outage.
 
 use std::time::{Duration, Instant};
 
-use pumphouse_e2e::{manifest, Backend, TestApp, DEADLINE};
+use pumphouse_e2e::{manifest, Backend, PostgresServer, TestApp, DEADLINE};
 use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::oneshot;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pump_that_keeps_exiting_is_restarted_with_back_off_then_put_in_error() {
@@ -351,4 +354,89 @@ async fn a_start_abandoned_by_its_launcher_is_launched_again_by_reconcile() {
         .wait_execution(&flow, exec["execution_id"].as_str().unwrap())
         .await;
     assert_eq!(done["output"], json!("again 1"), "{done}");
+}
+
+/// An HTTP server on loopback that holds its first request until released, so a pump step
+/// calling it runs until the test says. Returns its URL, a signal that the request arrived,
+/// and the release.
+async fn held_request() -> (String, oneshot::Receiver<()>, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let (arrived_tx, arrived) = oneshot::channel();
+    let (release, released) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let _ = arrived_tx.send(());
+        let _ = released.await;
+        let _ = socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\n\"ok\"")
+            .await;
+    });
+    (url, arrived, release)
+}
+
+/// A store outage while a pump reports loses nothing: the events the leader reads then are not
+/// acknowledged, so they are read again and applied once the store is back. They used to be
+/// acknowledged anyway, and the execution stayed `running` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_while_a_pump_reports_loses_no_outcome() {
+    let (url, arrived, release) = held_request().await;
+    let app = TestApp::spawn_replicas(
+        Backend::Process,
+        1,
+        Some(PostgresServer::start()),
+        &["--lease-ttl", "2s"],
+    )
+    .await;
+    let flow = app
+        .create_flow(&manifest(
+            "patient",
+            "keepAlive: true\ndeliveryTimeout: 5m\n",
+            &format!("    - http: {{url: '{url}', as: reply}}\n    - respond: '{{{{vars.reply.body}}}}'\n"),
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let (code, accepted) = app.webhook(&flow, &json!({})).await;
+    assert_eq!(code, 202, "{accepted}");
+    let id = accepted["execution_id"].as_str().unwrap().to_string();
+    app.wait_execution_status(&flow, &id, "running").await;
+    tokio::time::timeout(DEADLINE, arrived)
+        .await
+        .expect("the pump's step never called")
+        .unwrap();
+
+    app.postgres().stop();
+    release.send(()).unwrap();
+    // The leader reads the pump's `completed` while the store is away, and fails to apply it.
+    let started = Instant::now();
+    while !app.server_log().contains("applying pump events failed") {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the leader never tried to apply the pump's `completed`:\n{}",
+            app.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Meanwhile a webhook is refused with 503 and when to retry, not a 500.
+    let resp = reqwest::Client::new()
+        .post(app.url(&format!("/api/triggers/{}/webhook/{}", flow.id, flow.token)))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("the store is unavailable"), "{body}");
+
+    app.postgres().start_again();
+    let e = app.wait_execution(&flow, &id).await;
+    assert_eq!(
+        (e["status"].as_str(), &e["output"]),
+        (Some("completed"), &json!("ok")),
+        "{e:#}"
+    );
 }

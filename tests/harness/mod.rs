@@ -202,14 +202,10 @@ impl PostgresServer {
             );
         }
         let run = |program: &Path, args: &[&str]| {
-            let mut cmd = if as_root {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(program);
-                c
-            } else {
-                Command::new(program)
-            };
-            let out = cmd.args(args).output().expect("running a PostgreSQL tool");
+            let out = as_postgres(program)
+                .args(args)
+                .output()
+                .expect("running a PostgreSQL tool");
             assert!(
                 out.status.success(),
                 "{} failed: {}",
@@ -233,26 +229,52 @@ impl PostgresServer {
                 "UTF8",
             ],
         );
-        let port = free_port();
+        let server = PostgresServer {
+            dir,
+            port: free_port(),
+            pg_ctl,
+        };
+        server.start_again();
+        server
+    }
+
+    /// Runs pg_ctl on this cluster (as the postgres user when root) and asserts it succeeded.
+    fn ctl(&self, args: &[&str]) {
+        let data = self.dir.join("data");
+        let out = as_postgres(&self.pg_ctl)
+            .arg("-D")
+            .arg(&data)
+            .args(args)
+            .output()
+            .expect("running pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server on its port and waits until it accepts connections.
+    pub fn start_again(&self) {
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -F -c max_connections=200",
-            dir.display()
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -F -c max_connections=200",
+            self.port,
+            self.dir.display()
         );
-        let log = dir.join("log");
-        run(
-            &pg_ctl,
-            &[
-                "-D",
-                data_s,
-                "-o",
-                &opts,
-                "-l",
-                log.to_str().expect("utf-8"),
-                "-w",
-                "start",
-            ],
-        );
-        PostgresServer { dir, port, pg_ctl }
+        let log = self.dir.join("log");
+        self.ctl(&[
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().expect("utf-8"),
+            "-w",
+            "start",
+        ]);
+    }
+
+    /// Stops the server as an operator would (fast: sessions are cut) and waits until it has.
+    pub fn stop(&self) {
+        self.ctl(&["-m", "fast", "-w", "stop"]);
     }
 
     pub fn url(&self) -> String {
@@ -263,19 +285,23 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        let mut cmd = if nix_is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&self.pg_ctl);
-            c
-        } else {
-            Command::new(&self.pg_ctl)
-        };
-        let _ = cmd
+        let _ = as_postgres(&self.pg_ctl)
             .args(["-D", data.to_str().unwrap_or(""), "-m", "immediate", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `program`, run as the postgres user when this process is root (PostgreSQL refuses root).
+fn as_postgres(program: &Path) -> Command {
+    if nix_is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
     }
 }
 
@@ -681,6 +707,13 @@ impl TestApp {
             }
         }
         leaders
+    }
+
+    /// The PostgreSQL server the store lives on, for a test that stops it.
+    pub fn postgres(&self) -> &PostgresServer {
+        self.postgres
+            .as_ref()
+            .expect("a test with a PostgreSQL store")
     }
 
     /// The orchestrator process's log so far.

@@ -314,6 +314,8 @@ pub enum ApiError {
     Backend(String),
     #[error("{0}")]
     Internal(String),
+    #[error("the store is unavailable ({0}); retry shortly")]
+    Unavailable(String),
     #[error("flow `{flow}` takes at most {per_second} triggers a second; retry in {retry_after_secs} s or raise `rateLimit` in its manifest")]
     RateLimited {
         flow: String,
@@ -328,6 +330,7 @@ impl From<StoreError> for ApiError {
             StoreError::NameTaken(_) | StoreError::TenantExists(_) => {
                 ApiError::Conflict(e.to_string())
             }
+            other if other.is_unavailable() => ApiError::Unavailable(other.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -353,7 +356,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::TimedOut { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TimedOut { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -380,12 +383,15 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (code, Json(body)).into_response();
-        if let ApiError::RateLimited {
-            retry_after_secs, ..
-        } = &self
-        {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, (*retry_after_secs).into());
+        let retry_after = match &self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
         resp
     }

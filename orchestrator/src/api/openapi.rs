@@ -121,7 +121,7 @@ impl Modify for CommonErrors {
                 add_error(
                     op,
                     "503",
-                    "no answer within the request timeout; the request goes on in the background",
+                    "no answer within the request timeout (the request goes on in the background), or the store is unavailable (retry after `Retry-After`)",
                 );
                 if !INFALLIBLE_ROUTES.contains(&path.as_str()) {
                     add_error(op, "500", "the store failed; the message says how");

@@ -655,11 +655,16 @@ impl Supervisor {
         }
         // Executions first: a `ready` in the same read opens a gate, and what the pump already
         // acknowledged should not be sent again through it.
-        let applied = self.dispatcher.apply_reports(reports).await;
-        // Each on its own: one that fails (a store blip) must not drop another flow's `ready`.
+        let mut applied = self.dispatcher.apply_reports(reports).await;
+        // Each on its own: one that fails must not drop another flow's `ready`. Failing for
+        // want of a store fails the whole read, which is then read again: every event here
+        // may be applied twice.
         for ev in others {
             if let Err(e) = self.apply_flow_event(ev, at).await {
                 tracing::warn!(error = %e, "applying a pump event failed");
+                if e.is_unavailable() && applied.is_ok() {
+                    applied = Err(e);
+                }
             }
         }
         applied
@@ -1004,11 +1009,7 @@ impl Supervisor {
             async move {
                 bus.consume_events(&consumer, |events| {
                     let this = this.clone();
-                    async move {
-                        if let Err(e) = this.apply_pump_events(events).await {
-                            tracing::warn!(error = %e, "applying pump events failed");
-                        }
-                    }
+                    async move { this.apply_pump_events(events).await }
                 })
                 .await
             }
