@@ -326,6 +326,12 @@ impl Bus {
         }
     }
 
+    /// The time (ms) before which every event pumps wrote has been read and applied: a pump
+    /// that wrote nothing since well before it is silent. 0 until the reader first caught up.
+    pub fn read_horizon(&self) -> i64 {
+        self.watched.horizon.load(Ordering::SeqCst)
+    }
+
     /// Reads pump events for ever, handing `apply` everything one read returns and
     /// acknowledging it once `apply` succeeds. When `apply` fails (the store is away), nothing
     /// is acknowledged and the same entries are read again after a back-off: an event is
@@ -391,6 +397,7 @@ impl Bus {
                 .iter()
                 .map(|k| if replayed.contains(*k) { ">" } else { "0" })
                 .collect();
+            let issued = crate::store::now_ms();
             let opts = StreamReadOptions::default()
                 .group(GROUP, consumer)
                 .count(READ_BATCH)
@@ -454,10 +461,16 @@ impl Bus {
             for (key, done) in read.into_iter().filter(|(_, d)| !d.is_empty()) {
                 let _: i64 = conn.xack(&key, GROUP, &done).await?;
             }
+            let mut caught_up = true;
             for (key, id) in keys.iter().zip(&ids) {
-                if *id == "0" && counts.get(*key).copied().unwrap_or(0) < READ_BATCH {
+                let short = counts.get(*key).copied().unwrap_or(0) < READ_BATCH;
+                if *id == "0" && short {
                     replayed.insert((*key).clone());
                 }
+                caught_up &= *id == ">" && short;
+            }
+            if caught_up {
+                self.watched.horizon.store(issued, Ordering::SeqCst);
             }
         }
     }
@@ -495,6 +508,9 @@ struct Watched {
     /// The reader connection's `CLIENT ID`; 0 while there is none.
     reader_client_id: AtomicI64,
     changed: tokio::sync::Notify,
+    /// Every entry added to a watched stream before this time (ms) has been read and applied;
+    /// 0 until the reader has caught up once.
+    horizon: AtomicI64,
 }
 
 /// Fails fast while Redis is down: an accepted trigger is in the store already and is re-sent

@@ -440,3 +440,48 @@ async fn a_store_outage_while_a_pump_reports_loses_no_outcome() {
         "{e:#}"
     );
 }
+
+/// A pump that is up but hung (here: frozen with SIGSTOP, so it sends nothing) is stopped once
+/// it has been silent past the liveness limit and replaced, and the trigger it never took runs
+/// on the next pump. The backend alone never notices: the process is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_pump_that_sends_no_heartbeat_is_replaced() {
+    let app = TestApp::spawn(Backend::Process).await;
+    let flow = app
+        .create_flow(&manifest(
+            "frozen",
+            "keepAlive: true\n",
+            "    - respond: '{{payload.n}}'\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    let before = app.wait_status(&flow, "running").await;
+    let pid = before["pump"]["pump_ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("pid:"))
+        .unwrap_or_else(|| panic!("a process pump has a pid: {before:#}"))
+        .to_string();
+    pumphouse_e2e::signal(pid.parse().unwrap(), "STOP");
+    let (code, accepted) = app.webhook(&flow, &json!({"n": 7})).await;
+    assert_eq!(code, 202, "{accepted}");
+
+    let restarting = app.wait_status(&flow, "starting").await;
+    let reason = restarting["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("sent no heartbeat") && reason.contains("stopped as hung"),
+        "{reason}"
+    );
+    let e = app
+        .wait_execution(&flow, accepted["execution_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        (e["status"].as_str(), &e["output"]),
+        (Some("completed"), &json!(7)),
+        "{e:#}"
+    );
+    let after = app.wait_status(&flow, "running").await;
+    assert_ne!(
+        after["pump"]["instance_id"], before["pump"]["instance_id"],
+        "a new pump"
+    );
+}

@@ -13,6 +13,7 @@
 //! - A pump that exits before it is ready, or stays silent past the start timeout, puts the flow
 //!   in `error` with the reason and its last log lines, and fails the triggers held for it.
 
+pub mod liveness;
 pub mod reaper;
 pub mod reconcile;
 mod redis_users;
@@ -134,6 +135,8 @@ pub struct Supervisor {
     launched_at: Mutex<HashMap<String, std::time::Instant>>,
     /// Flows whose crashed pump this replica will start again after a back-off.
     restarts_pending: Mutex<std::collections::HashSet<String>>,
+    /// When each running pump was last heard from, to restart the hung ones.
+    liveness: Mutex<liveness::Liveness>,
 }
 
 impl Supervisor {
@@ -154,6 +157,7 @@ impl Supervisor {
             pump_users,
             launched_at: Mutex::new(HashMap::new()),
             restarts_pending: Default::default(),
+            liveness: Default::default(),
             heartbeats: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(reaper::Deadlines::default()),
             crashes: Mutex::new(HashMap::new()),
@@ -546,6 +550,7 @@ impl Supervisor {
 
     fn forget(&self, flow_id: &str) {
         self.dispatcher.close(flow_id);
+        self.liveness.lock().expect("liveness lock").forget(flow_id);
         self.heartbeats
             .lock()
             .expect("heartbeats lock")
@@ -705,6 +710,10 @@ impl Supervisor {
                     d.touch(&flow_id, if in_flight > 0 { at } else { last_activity_ms });
                 }
                 self.metrics.pump_processed(&flow_id, processed);
+                self.liveness
+                    .lock()
+                    .expect("liveness lock")
+                    .heard(&flow_id, &instance_id, at);
                 self.heartbeats.lock().expect("heartbeats lock").insert(
                     flow_id,
                     Heartbeat {
@@ -733,6 +742,12 @@ impl Supervisor {
     /// The flow's pump is ready (or adopted as running): open its gate, start its idle clock.
     async fn became_running(&self, flow_id: &str) -> Result<(), StoreError> {
         if let Some(flow) = self.store.get_flow(flow_id).await? {
+            if let Some(instance_id) = &flow.instance_id {
+                self.liveness
+                    .lock()
+                    .expect("liveness lock")
+                    .watch(flow_id, instance_id, now_ms());
+            }
             if !flow.keep_alive {
                 self.deadlines.lock().expect("deadlines lock").arm(
                     flow_id,
@@ -1062,7 +1077,19 @@ impl Supervisor {
                 }
             }
         };
+        let liveness = {
+            let this = self.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    this.check_liveness().await;
+                }
+            }
+        };
         tokio::join!(
+            liveness,
             events,
             backend_events,
             redelivery,

@@ -92,7 +92,14 @@ impl Supervisor {
                 Ok(Step::Parked)
             }
             status::RUNNING => match (live.filter(ours), flow.instance_id.as_deref()) {
-                (Some(_), _) => {
+                (Some(_), instance_id) => {
+                    if let Some(instance_id) = instance_id {
+                        self.liveness.lock().expect("liveness lock").watch(
+                            flow_id,
+                            instance_id,
+                            now_ms(),
+                        );
+                    }
                     if !flow.keep_alive
                         && !self.deadlines.lock().expect("deadlines").is_armed(flow_id)
                     {
