@@ -326,10 +326,16 @@ impl Bus {
         }
     }
 
-    /// The time (ms) before which every event pumps wrote has been read and applied: a pump
-    /// that wrote nothing since well before it is silent. 0 until the reader first caught up.
-    pub fn read_horizon(&self) -> i64 {
-        self.watched.horizon.load(Ordering::SeqCst)
+    /// How far the reader has read, as `(since, horizon)` in ms: every event pumps wrote
+    /// before `horizon` has been read and applied, and reading has gone on without a gap since
+    /// `since`. A pump silent for long before `horizon` is silent indeed, but only silence
+    /// after `since` counts: across a gap (Redis away, applying failing, a new term) pumps may
+    /// have been unable to write, or their events unread. `(0, 0)` until the reader caught up.
+    pub fn read_window(&self) -> (i64, i64) {
+        (
+            self.watched.resumed.load(Ordering::SeqCst),
+            self.watched.horizon.load(Ordering::SeqCst),
+        )
     }
 
     /// Reads pump events for ever, handing `apply` everything one read returns and
@@ -378,6 +384,10 @@ impl Bus {
         // been read again ("0"); after that only new entries (">").
         let mut replayed: BTreeSet<String> = BTreeSet::new();
         let mut retry = Duration::from_millis(100);
+        // Reading starts after a gap (see `read_window`): the first read that catches up marks
+        // where it ends.
+        let mut resuming = true;
+        self.watched.horizon.store(0, Ordering::SeqCst);
         loop {
             let generation = self.watched.generation.load(Ordering::SeqCst);
             let streams = self.watched.streams.lock().expect("watched lock").clone();
@@ -454,6 +464,7 @@ impl Bus {
                     retry = (retry * 2).min(Duration::from_secs(5));
                     // Unacknowledged, they are still this consumer's: read from "0" again.
                     replayed.clear();
+                    resuming = true;
                     continue;
                 }
                 retry = Duration::from_millis(100);
@@ -470,6 +481,10 @@ impl Bus {
                 caught_up &= *id == ">" && short;
             }
             if caught_up {
+                if resuming {
+                    self.watched.resumed.store(issued, Ordering::SeqCst);
+                    resuming = false;
+                }
                 self.watched.horizon.store(issued, Ordering::SeqCst);
             }
         }
@@ -511,6 +526,8 @@ struct Watched {
     /// Every entry added to a watched stream before this time (ms) has been read and applied;
     /// 0 until the reader has caught up once.
     horizon: AtomicI64,
+    /// When reading last resumed after a gap; see [`Bus::read_window`].
+    resumed: AtomicI64,
 }
 
 /// Fails fast while Redis is down: an accepted trigger is in the store already and is re-sent

@@ -95,6 +95,7 @@ impl Leadership {
         tracing::info!(holder = %self.holder, fence = ?self.supervisor.fence(), "leading: running the supervision loops");
         self.leading.store(true, Ordering::SeqCst);
         self.dispatcher.clear();
+        self.supervisor.reset_liveness();
         if let Err(e) = self.dispatcher.load().await {
             tracing::warn!(error = %e, "loading unacknowledged triggers failed; the sweep retries");
         }

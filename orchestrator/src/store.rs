@@ -64,12 +64,20 @@ impl StoreError {
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed => true,
-                // PostgreSQL: connection exceptions (08), shutting down or starting up (57P),
-                // too many connections, serialization failure, deadlock. SQLite: busy, locked.
-                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
-                    c.starts_with("08")
-                        || c.starts_with("57P")
-                        || matches!(&*c, "53300" | "40001" | "40P01" | "5" | "6" | "517")
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| match c.len() {
+                    // PostgreSQL's SQLSTATE: connection exceptions (08), insufficient
+                    // resources such as a full disk (53), system errors (58), shutting down or
+                    // starting up (57P, but a dropped database stays dropped), serialization
+                    // failure, deadlock.
+                    5 => {
+                        (["08", "53", "58", "57P"].iter().any(|p| c.starts_with(p)) && c != "57P04")
+                            || matches!(&*c, "40001" | "40P01")
+                    }
+                    // SQLite's extended result code; its low byte is the primary one: I/O
+                    // error, busy, locked, disk full.
+                    _ => c
+                        .parse::<i64>()
+                        .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13)),
                 }),
                 _ => false,
             },

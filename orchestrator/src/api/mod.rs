@@ -365,8 +365,12 @@ impl IntoResponse for ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
-        if code.is_server_error() {
-            tracing::error!(error = %self, "request failed");
+        match &self {
+            // Said by /readyz and the leader's own warnings; a line for every refused request
+            // would flood the log for as long as the outage lasts.
+            ApiError::Unavailable(_) => tracing::debug!(error = %self, "request failed"),
+            _ if code.is_server_error() => tracing::error!(error = %self, "request failed"),
+            _ => {}
         }
         let body = match &self {
             ApiError::Manifest(m) => ErrorBody {

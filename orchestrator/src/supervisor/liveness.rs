@@ -2,8 +2,10 @@
 //!
 //! A pump can keep running and stop working: its Redis connection wedged, a step deadlocked.
 //! The backend sees nothing wrong, so the only sign is silence on the events stream. Silence
-//! is measured against how far the leader has read the streams, not against the clock: while
-//! Redis or the store is away, or the reader lags, nobody is silent.
+//! is measured against how far the leader has read the streams, not against the clock, and
+//! only from when reading last resumed after a gap ([`crate::bus::Bus::read_window`]): while
+//! Redis or the store is away, the reader lags, or another replica leads, nobody is silent,
+//! and after it every pump has the whole limit to be heard again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,25 +72,42 @@ impl Liveness {
         self.last.remove(flow_id);
     }
 
-    /// Whether the flow's pump `instance_id` is still silent past `limit_ms` by `horizon`.
-    pub fn is_silent(&self, flow_id: &str, instance_id: &str, horizon: i64, limit_ms: i64) -> bool {
+    /// Whether the flow's pump `instance_id` is still silent past `limit_ms` (see `silent`).
+    pub fn is_silent(
+        &self,
+        flow_id: &str,
+        instance_id: &str,
+        window: (i64, i64),
+        limit_ms: i64,
+    ) -> bool {
         self.last
             .get(flow_id)
-            .is_some_and(|s| s.instance_id == instance_id && horizon - s.at > limit_ms)
+            .is_some_and(|s| s.instance_id == instance_id && s.is_silent(window, limit_ms))
     }
 
-    /// Pumps not heard from for more than `limit_ms` before `horizon`: the time up to which
-    /// everything pumps wrote has been read.
-    pub fn silent(&self, horizon: i64, limit_ms: i64) -> Vec<Silent> {
+    /// Pumps not heard from for more than `limit_ms` of the reading `window`: `(since,
+    /// horizon)`, everything pumps wrote before `horizon` read, without a gap since `since`.
+    pub fn silent(&self, window: (i64, i64), limit_ms: i64) -> Vec<Silent> {
         self.last
             .iter()
-            .filter(|(_, s)| horizon - s.at > limit_ms)
+            .filter(|(_, s)| s.is_silent(window, limit_ms))
             .map(|(flow_id, s)| Silent {
                 flow_id: flow_id.clone(),
                 instance_id: s.instance_id.clone(),
-                for_ms: horizon - s.at,
+                for_ms: window.1 - s.at,
             })
             .collect()
+    }
+
+    /// Forgets every pump: a new term watches them from its own start.
+    pub fn clear(&mut self) {
+        self.last.clear();
+    }
+}
+
+impl Sign {
+    fn is_silent(&self, (since, horizon): (i64, i64), limit_ms: i64) -> bool {
+        horizon - self.at.max(since) > limit_ms
     }
 }
 
@@ -99,18 +118,23 @@ impl Supervisor {
         (self.settings.heartbeat * 6).max(Duration::from_secs(10))
     }
 
+    /// Forgets what an earlier term heard: this term watches each pump from its adoption.
+    pub fn reset_liveness(&self) {
+        self.liveness.lock().expect("liveness lock").clear();
+    }
+
     /// Stops every running pump silent past the limit and handles it as a crash: what it held
     /// goes to the next pump, and the back-off and crash-loop limit apply.
     pub async fn check_liveness(self: &Arc<Self>) {
-        let horizon = self.dispatcher.bus().read_horizon();
+        let window = self.dispatcher.bus().read_window();
         let limit = self.liveness_limit().as_millis() as i64;
         let silent = self
             .liveness
             .lock()
             .expect("liveness lock")
-            .silent(horizon, limit);
+            .silent(window, limit);
         for s in silent {
-            if let Err(e) = self.stop_hung(&s, horizon, limit).await {
+            if let Err(e) = self.stop_hung(&s, window, limit).await {
                 tracing::warn!(flow_id = %s.flow_id, error = %e, "stopping a hung pump failed; trying again at the next check");
             }
         }
@@ -119,7 +143,7 @@ impl Supervisor {
     async fn stop_hung(
         self: &Arc<Self>,
         s: &Silent,
-        horizon: i64,
+        window: (i64, i64),
         limit: i64,
     ) -> Result<(), SupervisorError> {
         let lock = self.flow_locks.get(&s.flow_id);
@@ -128,7 +152,7 @@ impl Supervisor {
         if !self.liveness.lock().expect("liveness lock").is_silent(
             &s.flow_id,
             &s.instance_id,
-            horizon,
+            window,
             limit,
         ) {
             return Ok(());
@@ -176,18 +200,30 @@ mod tests {
         l.watch("a", "i1", 1_000);
         l.watch("b", "j1", 1_000);
         // The reader stalled at 5 s: whatever the clock says, nobody is silent for 10 s.
-        assert!(l.silent(5_000, 10_000).is_empty());
+        assert!(l.silent((0, 5_000), 10_000).is_empty());
         l.heard("b", "j1", 9_000);
         assert_eq!(
-            l.silent(12_000, 10_000),
+            l.silent((0, 12_000), 10_000),
             vec![Silent {
                 flow_id: "a".into(),
                 instance_id: "i1".into(),
                 for_ms: 11_000
             }]
         );
-        assert!(l.is_silent("a", "i1", 12_000, 10_000));
-        assert!(!l.is_silent("a", "other", 12_000, 10_000));
+        assert!(l.is_silent("a", "i1", (0, 12_000), 10_000));
+        assert!(!l.is_silent("a", "other", (0, 12_000), 10_000));
+    }
+
+    #[test]
+    fn after_a_gap_in_reading_every_pump_has_the_whole_limit_again() {
+        let mut l = Liveness::default();
+        l.watch("a", "i1", 1_000);
+        // Redis was away from 2 s to 30 s; reading resumed at 30 s and has caught up to 35 s.
+        assert!(l.silent((30_000, 35_000), 10_000).is_empty());
+        // Still nothing from it 10 s after reading resumed: now it is silent.
+        assert_eq!(l.silent((30_000, 40_500), 10_000)[0].for_ms, 39_500);
+        l.clear();
+        assert!(l.silent((30_000, 90_000), 10_000).is_empty());
     }
 
     #[test]
@@ -196,24 +232,24 @@ mod tests {
         l.watch("a", "i1", 1_000);
         l.watch("a", "i1", 50_000);
         assert_eq!(
-            l.silent(20_000, 10_000).len(),
+            l.silent((0, 20_000), 10_000).len(),
             1,
             "a resync does not reset it"
         );
         l.watch("a", "i2", 50_000);
         assert!(
-            l.silent(55_000, 10_000).is_empty(),
+            l.silent((0, 55_000), 10_000).is_empty(),
             "a new pump gets its own time"
         );
         l.heard("a", "i1", 58_000);
         assert_eq!(
-            l.silent(61_000, 10_000).len(),
+            l.silent((0, 61_000), 10_000).len(),
             1,
             "the previous pump speaks for nobody"
         );
         l.heard("a", "i2", 58_000);
-        assert!(l.silent(61_000, 10_000).is_empty());
+        assert!(l.silent((0, 61_000), 10_000).is_empty());
         l.forget("a");
-        assert!(l.silent(100_000, 10_000).is_empty());
+        assert!(l.silent((0, 100_000), 10_000).is_empty());
     }
 }

@@ -696,6 +696,16 @@ impl Supervisor {
                         self.metrics.cold_start.observe(at.elapsed().as_secs_f64());
                     }
                     self.became_running(&flow_id).await?;
+                } else if !self.dispatcher.is_open(&flow_id) {
+                    // Read again after failing half-way (the transition was stored, then the
+                    // store went away): finish what the first reading started.
+                    let flow = self.store.get_flow(&flow_id).await?;
+                    if flow.is_some_and(|f| {
+                        f.status == status::RUNNING
+                            && f.instance_id.as_deref() == Some(instance_id.as_str())
+                    }) {
+                        self.became_running(&flow_id).await?;
+                    }
                 }
             }
             PumpEvent::Heartbeat {
