@@ -381,7 +381,19 @@ impl Store {
                 })
             });
         } else {
-            options = options.max_connections(16);
+            options = options.max_connections(16).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // A transaction whose task was aborted half-way (a leader stepping down)
+                    // is rolled back by sqlx only when its connection is next used, and until
+                    // then it holds its row locks: the lease's among them, which blocked every
+                    // replica's renewal. PostgreSQL ends such a session after this long; no
+                    // transaction here waits on anything but its own statements.
+                    sqlx::query("SET idle_in_transaction_session_timeout = '5s'")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
         }
         let pool = options.connect(&url).await.map_err(StoreError::Connect)?;
         match dialect {
@@ -407,7 +419,7 @@ impl Store {
     ///   without waiting when another connection wrote in between (its snapshot is stale);
     /// - two writers of this process never meet at SQLite's lock, whose busy handler sleeps in
     ///   steps of up to 100 ms: under load that sleep, not the write, was the p99 latency.
-    pub(crate) async fn begin_write(&self) -> Result<WriteTx> {
+    pub async fn begin_write(&self) -> Result<WriteTx> {
         Ok(match self.dialect {
             Dialect::Sqlite => {
                 let turn = self.write_turn.clone().lock_owned().await;
