@@ -988,47 +988,31 @@ impl Supervisor {
             }
         };
         // Pump memory for the metrics, every 15 s: a Docker stats call per pump is not free.
-        let memory = {
-            let this = self.clone();
-            async move {
-                let mut every = tokio::time::interval(Duration::from_secs(15));
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    this.sample_memory().await;
-                }
-            }
-        };
+        let memory = every(Duration::from_secs(15), || async {
+            self.sample_memory().await;
+        });
         // A notification can be lost (Redis blip); the store cannot.
-        let sweep = {
-            let this = self.clone();
-            async move {
-                let mut every = tokio::time::interval(Duration::from_secs(1));
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    match this.store.requeue_departed().await {
-                        Ok(back) if !back.is_empty() => {
-                            tracing::info!(
-                                count = back.len(),
-                                "re-queued triggers held by pumps that are gone"
-                            );
-                            this.dispatcher.requeue(&back);
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "re-queuing triggers of departed pumps failed")
-                        }
-                    }
-                    if let Err(e) = this.dispatcher.load().await {
-                        tracing::warn!(error = %e, "loading unacknowledged triggers failed");
-                    }
-                    for flow_id in this.dispatcher.open_flows() {
-                        this.dispatcher.open(&flow_id).await;
-                    }
+        let sweep = every(Duration::from_secs(1), || async {
+            match self.store.requeue_departed().await {
+                Ok(back) if !back.is_empty() => {
+                    tracing::info!(
+                        count = back.len(),
+                        "re-queued triggers held by pumps that are gone"
+                    );
+                    self.dispatcher.requeue(&back);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-queuing triggers of departed pumps failed")
                 }
             }
-        };
+            if let Err(e) = self.dispatcher.load().await {
+                tracing::warn!(error = %e, "loading unacknowledged triggers failed");
+            }
+            for flow_id in self.dispatcher.open_flows() {
+                self.dispatcher.open(&flow_id).await;
+            }
+        });
         let events = {
             let this = self.clone();
             async move {
@@ -1062,17 +1046,9 @@ impl Supervisor {
             let bus = self.dispatcher.bus().clone();
             async move { bus.follow_watch_requests().await }
         };
-        let housekeeping = {
-            let this = self.clone();
-            async move {
-                let mut every = tokio::time::interval(Duration::from_millis(100));
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    this.housekeep().await;
-                }
-            }
-        };
+        let housekeeping = every(Duration::from_millis(100), || async {
+            self.housekeep().await;
+        });
         let resync = {
             let this = self.clone();
             async move {
@@ -1087,17 +1063,9 @@ impl Supervisor {
                 }
             }
         };
-        let liveness = {
-            let this = self.clone();
-            async move {
-                let mut every = tokio::time::interval(Duration::from_secs(1));
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    this.check_liveness().await;
-                }
-            }
-        };
+        let liveness = every(Duration::from_secs(1), || async {
+            self.check_liveness().await;
+        });
         tokio::join!(
             liveness,
             events,
@@ -1111,6 +1079,21 @@ impl Supervisor {
             pump_users,
             watch_requests
         );
+    }
+}
+
+/// Runs `tick` every `period` for ever; a tick that overruns delays the next rather than
+/// bunching them up.
+async fn every<F, Fut>(period: Duration, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        tick().await;
     }
 }
 
