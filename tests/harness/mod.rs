@@ -5,6 +5,7 @@
 //! cluster, and its own `cluster` label for pump containers. A missing dependency fails loudly
 //! with the command that fixes it. Set `TEST_LOG=1` to see the orchestrator's logs.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
@@ -442,6 +443,10 @@ enum Server {
     Process {
         child: Option<Child>,
         args: Vec<String>,
+        /// The process group of each `pumphouse serve` started, which its process-backend
+        /// pumps share: a killed orchestrator leaves them running (as it would in use), so the
+        /// test's end kills the groups.
+        groups: Vec<u32>,
     },
 }
 
@@ -600,7 +605,11 @@ impl TestApp {
             .map(|a| a.to_string())
             .collect();
             args.extend(extra.iter().map(|a| a.to_string()));
-            servers.push(Server::Process { child: None, args });
+            servers.push(Server::Process {
+                child: None,
+                args,
+                groups: Vec::new(),
+            });
             bases.push(format!("http://127.0.0.1:{port}"));
         }
         let mut app = TestApp {
@@ -631,7 +640,12 @@ impl TestApp {
     /// (Re)starts replica `i` and waits until it is ready.
     pub async fn start_replica(&mut self, i: usize) {
         let log = self.dir.0.join(format!("server-{i}.log"));
-        let Server::Process { child, args } = &mut self.servers[i] else {
+        let Server::Process {
+            child,
+            args,
+            groups,
+        } = &mut self.servers[i]
+        else {
             panic!("start_replica needs orchestrators made by spawn_process or spawn_replicas");
         };
         let out = std::fs::OpenOptions::new()
@@ -639,14 +653,15 @@ impl TestApp {
             .append(true)
             .open(&log)
             .expect("the server log");
-        *child = Some(
-            Command::new(pumphouse_binary())
-                .args(args.iter())
-                .stdout(Stdio::null())
-                .stderr(out)
-                .spawn()
-                .expect("starting pumphouse serve"),
-        );
+        let started = Command::new(pumphouse_binary())
+            .args(args.iter())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .expect("starting pumphouse serve");
+        groups.push(started.id());
+        *child = Some(started);
         let ready = format!("{}/readyz", self.bases[i]);
         let started = Instant::now();
         loop {
@@ -913,10 +928,16 @@ impl Drop for TestApp {
         for server in &mut self.servers {
             match server {
                 Server::InProcess(task) => task.abort(),
-                Server::Process { child, .. } => {
+                Server::Process { child, groups, .. } => {
                     if let Some(c) = child.as_mut() {
                         let _ = c.kill();
                         let _ = c.wait();
+                    }
+                    for group in groups.iter() {
+                        let _ = Command::new("kill")
+                            .args(["-KILL", "--", &format!("-{group}")])
+                            .stderr(Stdio::null())
+                            .status();
                     }
                 }
             }
