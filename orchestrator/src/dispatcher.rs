@@ -296,7 +296,8 @@ impl Dispatcher {
             deadline_at: now + deadline.as_millis() as i64,
         };
         let (reply, answer) = oneshot::channel();
-        let gone = || StoreError::Shared(Arc::new(StoreError::Query(sqlx::Error::WorkerCrashed)));
+        // The writer task is gone only while the process shuts down.
+        let gone = || StoreError::Query(sqlx::Error::WorkerCrashed);
         self.intake
             .send(Intake {
                 row,

@@ -42,9 +42,6 @@ pub enum StoreError {
     TenantExists(String),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
-    /// One failure shared by every caller whose write was in the same group commit.
-    #[error("{0}")]
-    Shared(std::sync::Arc<StoreError>),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -81,7 +78,6 @@ impl StoreError {
                 }),
                 _ => false,
             },
-            StoreError::Shared(e) => e.is_unavailable(),
             _ => false,
         }
     }
@@ -1571,7 +1567,6 @@ mod tests {
     fn only_a_store_that_is_away_counts_as_unavailable() {
         let away = StoreError::Query(sqlx::Error::PoolTimedOut);
         assert!(away.is_unavailable());
-        assert!(StoreError::Shared(std::sync::Arc::new(away)).is_unavailable());
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(StoreError::Query(sqlx::Error::Io(refused)).is_unavailable());
         // The store answered, and said no: trying again changes nothing.

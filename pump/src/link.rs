@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::Mutex;
 
 /// A shared, self-repairing connection; clones share it.
@@ -74,13 +74,10 @@ impl Link {
 
 /// Whether an error means the connection (or the sign-in) is gone, so the command may work
 /// on a new one, rather than Redis answering this command with an error.
+/// A dropped, refused or timed-out connection is an I/O error; a refused sign-in is among the
+/// "unrecoverable" errors (the client's own word for "make a new connection").
 pub fn is_broken(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
-        || e.kind() == ErrorKind::AuthenticationFailed
+    e.is_io_error() || e.is_unrecoverable_error()
 }
 
 impl ConnectionLike for Link {

@@ -3,10 +3,22 @@
 
 use std::time::{Duration, Instant};
 
-use pumphouse_e2e::{manifest, Backend, PostgresServer, TestApp, DEADLINE};
-use serde_json::json;
+use pumphouse_e2e::{manifest, Backend, PostgresServer, TestApp, TestFlow, DEADLINE};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::oneshot;
+
+/// Waits for the execution `accepted` names and asserts it completed with `output`.
+async fn completes_with(app: &TestApp, flow: &TestFlow, accepted: &Value, output: Value) {
+    let e = app
+        .wait_execution(flow, accepted["execution_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        (e["status"].as_str(), &e["output"]),
+        (Some("completed"), &output),
+        "{e:#}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pump_that_keeps_exiting_is_restarted_with_back_off_then_put_in_error() {
@@ -236,14 +248,7 @@ async fn a_redis_restart_loses_no_trigger_and_readyz_says_when_redis_is_down() {
     );
 
     app.redis.restart().await;
-    let e = app
-        .wait_execution(&flow, accepted["execution_id"].as_str().unwrap())
-        .await;
-    assert_eq!(
-        (e["status"].as_str(), &e["output"]),
-        (Some("completed"), &json!(9)),
-        "{e:#}"
-    );
+    completes_with(&app, &flow, &accepted, json!(9)).await;
     let (code, _) = app.get("/readyz").await;
     assert_eq!(code, 200);
 }
@@ -439,12 +444,7 @@ async fn a_store_outage_while_a_pump_reports_loses_no_outcome() {
     assert!(body.contains("the store is unavailable"), "{body}");
 
     app.postgres().start_again();
-    let e = app.wait_execution(&flow, &id).await;
-    assert_eq!(
-        (e["status"].as_str(), &e["output"]),
-        (Some("completed"), &json!("ok")),
-        "{e:#}"
-    );
+    completes_with(&app, &flow, &accepted, json!("ok")).await;
 }
 
 /// A pump that is up but hung (here: frozen with SIGSTOP, so it sends nothing) is stopped once
@@ -477,14 +477,7 @@ async fn a_hung_pump_that_sends_no_heartbeat_is_replaced() {
         reason.contains("sent no heartbeat") && reason.contains("stopped as hung"),
         "{reason}"
     );
-    let e = app
-        .wait_execution(&flow, accepted["execution_id"].as_str().unwrap())
-        .await;
-    assert_eq!(
-        (e["status"].as_str(), &e["output"]),
-        (Some("completed"), &json!(7)),
-        "{e:#}"
-    );
+    completes_with(&app, &flow, &accepted, json!(7)).await;
     let after = app.wait_status(&flow, "running").await;
     assert_ne!(
         after["pump"]["instance_id"], before["pump"]["instance_id"],

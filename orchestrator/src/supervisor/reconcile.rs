@@ -38,8 +38,8 @@ fn settled(flow: &FlowRecord, pump: Option<&PumpStatus>, gate_open: bool, armed:
                 && gate_open
                 && (flow.keep_alive || armed)
         }),
-        // Few flows are starting at once, and an abandoned start needs the step's clock.
-        status::STARTING => false,
+        // `starting` among them: few flows are starting at once, and an abandoned start needs
+        // the step's clock.
         _ => false,
     }
 }
@@ -246,6 +246,13 @@ mod tests {
         }
     }
 
+    fn exited(code: i64) -> PumpState {
+        PumpState::Exited {
+            code: Some(code),
+            oom: false,
+        }
+    }
+
     fn pump(instance: &str, state: PumpState) -> PumpStatus {
         PumpStatus {
             flow_id: "f".into(),
@@ -259,13 +266,7 @@ mod tests {
     fn a_flow_at_zero_with_no_live_pump_is_skipped_and_one_with_a_live_pump_is_not() {
         let idle = flow(status::IDLE, Some("i1"), false);
         assert!(settled(&idle, None, false, false));
-        let parked = pump(
-            "i1",
-            PumpState::Exited {
-                code: Some(0),
-                oom: false,
-            },
-        );
+        let parked = pump("i1", exited(0));
         assert!(settled(&idle, Some(&parked), false, false));
         assert!(!settled(
             &idle,
@@ -298,14 +299,7 @@ mod tests {
             "another instance"
         );
         assert!(!settled(&running, None, true, true), "the pump is gone");
-        let exited = pump(
-            "i1",
-            PumpState::Exited {
-                code: Some(1),
-                oom: false,
-            },
-        );
-        assert!(!settled(&running, Some(&exited), true, true));
+        assert!(!settled(&running, Some(&pump("i1", exited(1))), true, true));
     }
 
     #[test]
