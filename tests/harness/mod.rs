@@ -202,21 +202,9 @@ impl PostgresServer {
                 dir.display()
             );
         }
-        let run = |program: &Path, args: &[&str]| {
-            let out = as_postgres(program)
-                .args(args)
-                .output()
-                .expect("running a PostgreSQL tool");
-            assert!(
-                out.status.success(),
-                "{} failed: {}",
-                program.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         let data = dir.join("data");
         let data_s = data.to_str().expect("utf-8 path");
-        run(
+        run_as_postgres(
             &initdb,
             &[
                 "-D",
@@ -242,17 +230,9 @@ impl PostgresServer {
     /// Runs pg_ctl on this cluster (as the postgres user when root) and asserts it succeeded.
     fn ctl(&self, args: &[&str]) {
         let data = self.dir.join("data");
-        let out = as_postgres(&self.pg_ctl)
-            .arg("-D")
-            .arg(&data)
-            .args(args)
-            .output()
-            .expect("running pg_ctl");
-        assert!(
-            out.status.success(),
-            "pg_ctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut all = vec!["-D", data.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        run_as_postgres(&self.pg_ctl, &all);
     }
 
     /// Starts the server on its port and waits until it accepts connections.
@@ -293,6 +273,20 @@ impl Drop for PostgresServer {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs a PostgreSQL tool (see [`as_postgres`]) and asserts it succeeded.
+fn run_as_postgres(program: &Path, args: &[&str]) {
+    let out = as_postgres(program)
+        .args(args)
+        .output()
+        .expect("running a PostgreSQL tool");
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `program`, run as the postgres user when this process is root (PostgreSQL refuses root).
