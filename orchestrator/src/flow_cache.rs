@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::locking::lock;
 use crate::store::FlowRecord;
 
 /// Past this many entries, expired ones are dropped when another is added.
@@ -26,7 +27,7 @@ pub struct FlowCache {
 impl FlowCache {
     /// The flow as read within `max_age`, if any.
     pub fn get(&self, id: &str, max_age: Duration) -> Option<Arc<FlowRecord>> {
-        let entries = self.entries.lock().expect("flow cache lock");
+        let entries = lock(&self.entries);
         entries
             .get(id)
             .filter(|(at, _)| at.elapsed() <= max_age)
@@ -40,7 +41,7 @@ impl FlowCache {
 
     /// Keeps `flow`, read under `generation`, unless a flow was written since.
     pub fn put(&self, generation: u64, flow: Arc<FlowRecord>, max_age: Duration) {
-        let mut entries = self.entries.lock().expect("flow cache lock");
+        let mut entries = lock(&self.entries);
         // Checked under the lock that `changed` clears under, so a write cannot slip between.
         if self.generation.load(Ordering::SeqCst) != generation {
             return;
@@ -53,7 +54,7 @@ impl FlowCache {
 
     /// A flow was written: forget everything read before.
     pub fn changed(&self) {
-        let mut entries = self.entries.lock().expect("flow cache lock");
+        let mut entries = lock(&self.entries);
         self.generation.fetch_add(1, Ordering::SeqCst);
         entries.clear();
     }

@@ -34,7 +34,7 @@ pub struct Manifest {
     pub description: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub resources: ResourceSpec,
@@ -61,6 +61,19 @@ pub struct RateLimitSpec {
     #[serde(default)]
     pub burst: Option<u32>,
 }
+
+/// The slowest rate a manifest may set: one trigger every 1000 s. Below it the wait a refused
+/// caller is told (`Retry-After`) grows past any use, and at `1e-20` it overflowed.
+pub const MIN_PER_SECOND: f64 = 0.001;
+/// The fastest rate a manifest may set; far above what one replica records.
+pub const MAX_PER_SECOND: f64 = 1e6;
+/// The largest burst a manifest may set.
+pub const MAX_BURST: u32 = 1_000_000;
+
+/// The largest memory limit a manifest may set: 16Ti, beyond any one host.
+pub const MAX_MEMORY_BYTES: i64 = 16 << 40;
+/// The most CPU a manifest may ask for: 1024 cores, beyond any one host or node.
+pub const MAX_CPU_MILLIS: i64 = 1024 * 1000;
 
 /// When a manifest sets no rate limit: generous, but a runaway caller cannot flood a flow.
 pub const DEFAULT_RATE_LIMIT: RateLimitSpec = RateLimitSpec {
@@ -133,9 +146,21 @@ impl Manifest {
         }
         let manifest: Manifest = serde_yaml::from_str(text).map_err(|e| {
             let loc = e.location();
+            let message = e.to_string();
+            // `env: duplicate key `KEY` at line 2 column 3`, from [`unique_keys`].
+            let duplicate = message
+                .strip_prefix("env: ")
+                .and_then(|m| m.strip_prefix(DUPLICATE_KEY))
+                .and_then(|m| m.strip_prefix('`'))
+                .and_then(|m| m.rfind('`').map(|end| &m[..end]));
             ManifestError {
-                message: format!("invalid manifest: {e}"),
-                field: None,
+                message: match duplicate {
+                    Some(key) => {
+                        format!("env.{key}: is given twice; keep one of the two entries")
+                    }
+                    None => format!("invalid manifest: {message}"),
+                },
+                field: duplicate.map(|key| format!("env.{key}")),
                 line: loc.as_ref().map(|l| l.line()),
                 column: loc.as_ref().map(|l| l.column()),
             }
@@ -146,7 +171,7 @@ impl Manifest {
 
     fn check(&self) -> Result<(), ManifestError> {
         check_name(&self.name)?;
-        for key in self.env.keys() {
+        for (key, value) in &self.env {
             let valid = key
                 .chars()
                 .next()
@@ -164,23 +189,40 @@ impl Manifest {
                     "is set by pumphouse itself (see docs/pump-contract.md); choose another name",
                 ));
             }
+            if let Some(why) = loader_variable(key, None) {
+                return Err(ManifestError::field(&format!("env.{key}"), why));
+            }
+            if value.contains('\0') {
+                return Err(ManifestError::field(
+                    &format!("env.{key}"),
+                    "holds a NUL byte, which an environment variable cannot carry; remove it (base64-encode binary values)",
+                ));
+            }
+        }
+        if let Some(image) = &self.image {
+            check_image(image).map_err(|m| ManifestError::field("image", m))?;
         }
         self.resources()?;
         self.idle_timeout()?;
         self.stop_grace()?;
         self.delivery_timeout()?;
         if let Some(r) = &self.rate_limit {
-            if !(r.per_second > 0.0 && r.per_second.is_finite()) {
+            if !(MIN_PER_SECOND..=MAX_PER_SECOND).contains(&r.per_second) {
                 return Err(ManifestError::field(
                     "rateLimit.perSecond",
-                    "must be a number above 0, like 10 or 0.5",
+                    format!(
+                        "`{}` is outside the allowed range; use a number from {MIN_PER_SECOND} (one trigger every 1000 s) to {MAX_PER_SECOND}, like 10 or 0.5",
+                        r.per_second
+                    ),
                 ));
             }
-            if r.burst == Some(0) {
-                return Err(ManifestError::field(
-                    "rateLimit.burst",
-                    "must be at least 1",
-                ));
+            if let Some(burst) = r.burst {
+                if !(1..=MAX_BURST).contains(&burst) {
+                    return Err(ManifestError::field(
+                        "rateLimit.burst",
+                        format!("`{burst}` is outside the allowed range; use a whole number from 1 to {MAX_BURST}"),
+                    ));
+                }
             }
         }
         if self.config.is_null() {
@@ -206,6 +248,20 @@ impl Manifest {
         serde_yaml::to_string(&self.config).expect("parse() refuses a config that cannot serialise")
     }
 
+    /// What [`Manifest::parse`] cannot check alone: rules of the backend that will run the
+    /// pump (`backend` is [`crate::backend::Backend::name`]).
+    ///
+    /// # Errors
+    /// The first `env` entry that backend must not be given, named.
+    pub fn check_for_backend(&self, backend: &str) -> Result<(), ManifestError> {
+        for key in self.env.keys() {
+            if let Some(why) = loader_variable(key, Some(backend)) {
+                return Err(ManifestError::field(&format!("env.{key}"), why));
+            }
+        }
+        Ok(())
+    }
+
     pub fn resources(&self) -> Result<Resources, ManifestError> {
         let memory_bytes = match &self.resources.memory {
             None => None,
@@ -216,6 +272,12 @@ impl Manifest {
                     return Err(ManifestError::field(
                         "resources.memory",
                         "must be at least 6Mi (the smallest limit Docker accepts)",
+                    ));
+                }
+                if bytes > MAX_MEMORY_BYTES {
+                    return Err(ManifestError::field(
+                        "resources.memory",
+                        "must be at most 16Ti (16384Gi); no host has more",
                     ));
                 }
                 Some(bytes)
@@ -277,6 +339,176 @@ fn duration_field(
     }
 }
 
+/// Why the pump must not be given the variable `name` on `backend` (any backend when `None`),
+/// if it must not: one that changes how the pump program is loaded or found.
+pub fn loader_variable(name: &str, backend: Option<&str>) -> Option<String> {
+    if name.starts_with("LD_") {
+        return Some(
+            "changes how the pump program is loaded (the dynamic linker reads LD_ variables); pumphouse refuses them on every backend, remove it".into(),
+        );
+    }
+    if name == "PATH" && backend == Some("process") {
+        return Some(
+            "decides which program runs, and the process backend runs pumps as the orchestrator's own user; remove it (the pump gets the orchestrator's PATH), or run pumps on Docker or Kubernetes".into(),
+        );
+    }
+    None
+}
+
+/// Deserializes a mapping, refusing a key given twice (a plain map keeps the last silently).
+fn unique_keys<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a mapping of variable names to values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!("{DUPLICATE_KEY}`{key}`")));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Unique)
+}
+
+/// How [`unique_keys`] begins its message, so [`Manifest::parse`] can name the field.
+const DUPLICATE_KEY: &str = "duplicate key ";
+
+/// Checks an image reference as Docker and Kubernetes read it:
+/// `[host[:port]/]path[:tag][@algorithm:hex]`, the path lowercase.
+pub fn check_image(image: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "`{}` is not an image reference ({why}); give one like pumphouse/pump:dev or registry.example.com:5000/team/pump@sha256:<64 hex digits>",
+            image.escape_debug()
+        ))
+    };
+    if image.is_empty() {
+        return Err("is empty; give an image reference like pumphouse/pump:dev, or leave image out for the orchestrator's --pump-image".into());
+    }
+    if image.len() > 512 {
+        return bad("longer than 512 characters");
+    }
+    if let Some(c) = image.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return bad(&format!("it holds {:?}", c));
+    }
+    let (rest, digest) = match image.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        let Some((algorithm, hex)) = digest.split_once(':') else {
+            return bad("a digest is algorithm:hex");
+        };
+        let algorithm_ok = algorithm.split(['+', '.', '_', '-']).all(|part| {
+            part.starts_with(|c: char| c.is_ascii_alphabetic())
+                && part.chars().all(|c| c.is_ascii_alphanumeric())
+        });
+        if !algorithm_ok || hex.len() < 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return bad("a digest is algorithm:hex, such as sha256: and 64 hex digits");
+        }
+    }
+    // A tag is after the last `:` that follows the last `/` (a `:` before it is a port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let ok = tag.len() <= 128
+            && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok {
+            return bad("a tag is up to 128 letters, digits, _, . and -, not starting with . or -");
+        }
+    }
+    if name.len() > 255 {
+        return bad("the name is longer than 255 characters");
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // The first part names a registry when it looks like a host: a dot, a port or localhost.
+    if parts.len() > 1
+        && (parts[0].contains(['.', ':'])
+            || parts[0] == "localhost"
+            || parts[0].chars().any(|c| c.is_ascii_uppercase()))
+    {
+        let host = parts.remove(0);
+        // The port follows the last `:`, or for an IPv6 address the first `:` after its `]`.
+        let colon = match host.rfind(']') {
+            Some(end) => host[end..].find(':').map(|i| end + i),
+            None => host.rfind(':'),
+        };
+        let (host, port) = match colon {
+            Some(i) => (&host[..i], Some(&host[i + 1..])),
+            None => (host, None),
+        };
+        let host_ok = if let Some(v6) = host.strip_prefix('[') {
+            v6.strip_suffix(']').is_some_and(|a| {
+                !a.is_empty() && a.chars().all(|c| c.is_ascii_hexdigit() || c == ':')
+            })
+        } else {
+            host.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+        };
+        let port_ok = port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()));
+        if !host_ok || !port_ok {
+            return bad("the registry is a host name with an optional :port");
+        }
+    }
+    // Each path part: lowercase letters and digits, joined by `.`, `_`, `__` or dashes.
+    let part_ok = |part: &str| {
+        let b = part.as_bytes();
+        let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let mut i = 0;
+        if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+            return false;
+        }
+        while i < b.len() {
+            if alnum(b[i]) {
+                i += 1;
+                continue;
+            }
+            let sep = if b[i] == b'-' {
+                b[i..].iter().take_while(|&&c| c == b'-').count()
+            } else if b[i..].starts_with(b"__") {
+                2
+            } else if matches!(b[i], b'.' | b'_') {
+                1
+            } else {
+                return false;
+            };
+            i += sep;
+            if i >= b.len() || !alnum(b[i]) {
+                return false;
+            }
+        }
+        true
+    };
+    if !parts.iter().all(|p| part_ok(p)) {
+        return bad("a repository path is lowercase letters and digits joined by /, ., _, __ or -");
+    }
+    Ok(())
+}
+
 /// Checks a flow name: a DNS label, so it can name containers and Kubernetes objects.
 pub fn check_name(name: &str) -> Result<(), ManifestError> {
     let ok = !name.is_empty()
@@ -328,24 +560,32 @@ fn parse_memory(v: &serde_yaml::Value) -> Result<i64, String> {
             ))
         }
     };
-    Ok((n * mult) as i64)
+    let bytes = n * mult;
+    // Checked before the conversion, which saturates: `99999999999999999999Gi` became
+    // i64::MAX, which Docker took as no limit at all.
+    if !bytes.is_finite() || bytes > MAX_MEMORY_BYTES as f64 {
+        return Err(format!("`{text}` is more than the 16Ti (16384Gi) allowed"));
+    }
+    Ok(bytes as i64)
 }
 
 fn parse_cpu(v: &serde_yaml::Value) -> Result<i64, String> {
     let millis = match v {
-        serde_yaml::Value::Number(n) => n.as_f64().map(|f| (f * 1000.0).round() as i64),
+        serde_yaml::Value::Number(n) => n.as_f64().map(|f| f * 1000.0),
         serde_yaml::Value::String(s) => match s.trim().strip_suffix('m') {
-            Some(m) => m.parse::<i64>().ok(),
-            None => s
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .map(|f| (f * 1000.0).round() as i64),
+            Some(m) => m.parse::<f64>().ok(),
+            None => s.trim().parse::<f64>().ok().map(|f| f * 1000.0),
         },
         _ => None,
     };
     match millis {
-        Some(m) if m >= 10 => Ok(m),
+        Some(m) if !m.is_finite() => {
+            Err("must be a finite number of cores (0.5, 2) or millicores (500m)".into())
+        }
+        Some(m) if m > MAX_CPU_MILLIS as f64 => {
+            Err("must be at most 1024 cores (1024000m); no host or node has more".into())
+        }
+        Some(m) if m >= 10.0 => Ok(m.round() as i64),
         Some(_) => Err("must be at least 10m (a hundredth of a core)".into()),
         None => Err("must be cores (0.5, 2) or millicores (500m)".into()),
     }
@@ -427,6 +667,175 @@ mod tests {
         let err = Manifest::parse(text).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("config"), "{err:?}");
         assert!(err.message.contains("YAML tags"), "{err:?}");
+    }
+
+    /// Parses `name: a` with `extra` and a config; the field the error names, or `None`.
+    fn refused_field(extra: &str) -> Option<String> {
+        let text = format!("name: a\n{extra}\nconfig: {{a: 1}}\n");
+        match Manifest::parse(&text) {
+            Ok(_) => None,
+            Err(err) => {
+                let field = err
+                    .field
+                    .clone()
+                    .unwrap_or_else(|| panic!("no field named: {err:?}"));
+                assert!(err.message.starts_with(&field), "{err:?}");
+                Some(field)
+            }
+        }
+    }
+
+    /// `rateLimit: {perSecond: 1e-20, burst: 1}` was accepted, and the second trigger then
+    /// panicked in the rate limiter while it held the lock every flow's triggers share.
+    #[test]
+    fn rate_limits_outside_the_allowed_range_are_refused_with_the_range() {
+        for per_second in ["1e-20", "0", "-1", "0.0009", ".inf", ".nan", "1e7", "1e300"] {
+            let text = format!(
+                "name: a\nrateLimit: {{perSecond: {per_second}, burst: 1}}\nconfig: {{a: 1}}\n"
+            );
+            let err = Manifest::parse(&text).unwrap_err();
+            assert_eq!(
+                err.field.as_deref(),
+                Some("rateLimit.perSecond"),
+                "{per_second}: {err:?}"
+            );
+            assert!(
+                err.message.contains("0.001") && err.message.contains("1000000"),
+                "the message states the range: {err:?}"
+            );
+        }
+        for burst in ["0", "1000001"] {
+            let extra = format!("rateLimit: {{perSecond: 1, burst: {burst}}}");
+            assert_eq!(
+                refused_field(&extra).as_deref(),
+                Some("rateLimit.burst"),
+                "{burst}"
+            );
+        }
+        for ok in [
+            "{perSecond: 0.001, burst: 1}",
+            "{perSecond: 1e6, burst: 1000000}",
+            "{perSecond: 5}",
+        ] {
+            assert_eq!(refused_field(&format!("rateLimit: {ok}")), None, "{ok}");
+        }
+    }
+
+    #[test]
+    fn cpu_and_memory_beyond_any_host_are_refused() {
+        for cpu in [
+            ".inf",
+            "-.inf",
+            ".nan",
+            "1e9",
+            "'1e9'",
+            "'infm'",
+            "'NaN'",
+            "1025",
+            "'1024001m'",
+        ] {
+            let extra = format!("resources: {{cpu: {cpu}}}");
+            assert_eq!(
+                refused_field(&extra).as_deref(),
+                Some("resources.cpu"),
+                "{cpu}"
+            );
+        }
+        for memory in [
+            "99999999999999999999Gi",
+            "16385Gi",
+            "'99999999999999999999999'",
+        ] {
+            let extra = format!("resources: {{memory: {memory}}}");
+            assert_eq!(
+                refused_field(&extra).as_deref(),
+                Some("resources.memory"),
+                "{memory}"
+            );
+        }
+        let m =
+            Manifest::parse("name: a\nresources: {cpu: 1024, memory: 16384Gi}\nconfig: {a: 1}\n")
+                .unwrap();
+        let r = m.resources().unwrap();
+        assert_eq!(r.cpu_millis, Some(1_024_000));
+        assert_eq!(r.memory_bytes, Some(MAX_MEMORY_BYTES));
+    }
+
+    #[test]
+    fn an_image_must_be_an_image_reference() {
+        for bad in [
+            "''",
+            "' pumphouse/pump'",
+            "\"pump\\nimage\"",
+            "'x;rm -rf /'",
+            "--privileged",
+            "'-x'",
+            "Pump",
+            "a//b",
+            "'a:'",
+            "a:-tag",
+            "'a@sha256:xyz'",
+            "a/b_",
+            "a..b",
+            "'host:port/a'",
+            "\"a\\0\"",
+        ] {
+            assert_eq!(
+                refused_field(&format!("image: {bad}")).as_deref(),
+                Some("image"),
+                "{bad}"
+            );
+        }
+        let digest = "0".repeat(64);
+        for good in [
+            "pumphouse/pump:dev".to_string(),
+            "redis".into(),
+            "docker.io/library/redis:7.2".into(),
+            "localhost:5000/a/b:1.0".into(),
+            "'[::1]:5000/pump:dev'".into(),
+            "a__b/c-d--e.f:v1_2".into(),
+            format!("registry.example.com/team/pump@sha256:{digest}"),
+            format!("pump:dev@sha256:{digest}"),
+        ] {
+            assert_eq!(refused_field(&format!("image: {good}")), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn env_with_nul_duplicates_or_loader_variables_is_refused() {
+        assert_eq!(
+            refused_field("env: {A: \"x\\0y\"}").as_deref(),
+            Some("env.A")
+        );
+        assert_eq!(
+            refused_field("env: {LD_PRELOAD: /tmp/x.so}").as_deref(),
+            Some("env.LD_PRELOAD")
+        );
+        assert_eq!(
+            refused_field("env: {LD_LIBRARY_PATH: /tmp}").as_deref(),
+            Some("env.LD_LIBRARY_PATH")
+        );
+
+        // YAML would keep the last of the two silently.
+        let err =
+            Manifest::parse("name: a\nenv:\n  GREETING: hi\n  GREETING: bye\nconfig: {a: 1}\n")
+                .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("env.GREETING"), "{err:?}");
+        assert!(
+            err.message.starts_with("env.GREETING: is given twice"),
+            "{err:?}"
+        );
+        assert_eq!(err.line, Some(3), "where env begins: {err:?}");
+
+        // PATH decides what runs only where pumps run as the orchestrator's user.
+        let m = Manifest::parse("name: a\nenv: {PATH: /tmp}\nconfig: {a: 1}\n").unwrap();
+        let err = m.check_for_backend("process").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("env.PATH"), "{err:?}");
+        assert!(m.check_for_backend("docker").is_ok());
+        assert!(Manifest::parse(GOOD)
+            .unwrap()
+            .check_for_backend("process")
+            .is_ok());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Hostile input a client can send, and what it gets back: each case here was found by
 //! `ops/fuzz.sh` or `ops/schemathesis.sh` and is kept so it cannot come back.
 
-use pumphouse_e2e::{manifest, Backend, TestApp};
-use serde_json::Value;
+use pumphouse::store::Store;
+use pumphouse_e2e::{manifest, Backend, TestApp, TestFlow};
+use reqwest::Method;
+use serde_json::{json, Value};
 
 /// Sends a request and returns its status, content type and JSON body.
 async fn call(app: &TestApp, method: &str, path: &str, body: Vec<u8>) -> (u16, String, Value) {
@@ -191,4 +193,135 @@ async fn a_manifest_whose_config_cannot_reach_the_pump_is_refused_and_nothing_is
     assert_eq!(body["field"], "deliveryTimeout", "{body}");
     let (_, flows) = app.get("/api/flows").await;
     assert_eq!(flows, serde_json::json!([]), "nothing stored");
+}
+
+/// `rateLimit: {perSecond: 1e-20, burst: 1}` was accepted; a flow's second trigger then
+/// panicked in the rate limiter while it held the lock all flows share, and from then on every
+/// webhook and inject of every tenant answered 500 until a restart. Bad limits, resources,
+/// images and env are now refused, and a limit stored before the rules existed does no harm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_are_refused_and_cannot_break_other_tenants_webhooks() {
+    let app = TestApp::spawn(Backend::Process).await;
+    let steps = "    - respond: ok\n";
+    // Another tenant's flow, taking triggers.
+    let (code, body) = app
+        .call_as(
+            None,
+            Method::POST,
+            "/api/tenants",
+            &json!({"id": "bystander"}).to_string(),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let bystander = body["api_token"].as_str().unwrap().to_string();
+    let (code, body) = app
+        .call_as(
+            Some(&bystander),
+            Method::POST,
+            "/api/flows",
+            &manifest("victim", "keepAlive: true\n", steps),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let victim = TestFlow {
+        id: body["flow"]["id"].as_str().unwrap().to_string(),
+        name: "victim".into(),
+        token: body["webhook_token"].as_str().unwrap().to_string(),
+    };
+    let start = format!("/api/flows/{}/start", victim.id);
+    let (code, body) = app
+        .call_as(Some(&bystander), Method::POST, &start, "")
+        .await;
+    assert!(code == 200 || code == 202, "{body}");
+    let mut bully = app
+        .create_flow(&manifest("bully", "keepAlive: true\n", steps))
+        .await;
+    app.start(&bully).await;
+
+    let bad = [
+        (
+            "rateLimit: {perSecond: 1e-20, burst: 1}\n",
+            "rateLimit.perSecond",
+        ),
+        ("rateLimit: {perSecond: .inf}\n", "rateLimit.perSecond"),
+        ("rateLimit: {perSecond: 1, burst: 0}\n", "rateLimit.burst"),
+        ("resources: {cpu: .inf}\n", "resources.cpu"),
+        ("resources: {cpu: 1e9}\n", "resources.cpu"),
+        (
+            "resources: {memory: 99999999999999999999Gi}\n",
+            "resources.memory",
+        ),
+        ("image: ''\n", "image"),
+        ("image: 'x;rm -rf /'\n", "image"),
+        ("image: --privileged\n", "image"),
+        ("image: \"pump\\n:dev\"\n", "image"),
+        ("env: {A: \"x\\0y\"}\n", "env.A"),
+        ("env:\n  A: x\n  A: y\n", "env.A"),
+        ("env: {LD_PRELOAD: /tmp/x.so}\n", "env.LD_PRELOAD"),
+        ("env: {PATH: /tmp}\n", "env.PATH"),
+    ];
+    let replace = format!("/api/flows/{}", bully.id);
+    for (extra, field) in bad {
+        let (code, created) = app.post("/api/flows", &manifest("bad", extra, steps)).await;
+        let (code2, replaced) = app
+            .call_as(
+                None,
+                Method::PUT,
+                &replace,
+                &manifest("bully", extra, steps),
+            )
+            .await;
+        for (code, body) in [(code, created), (code2, replaced)] {
+            assert_eq!(code, 422, "{extra}: {body}");
+            assert_eq!(body["field"], field, "{extra}: {body}");
+            if field.starts_with("rateLimit.perSecond") {
+                let error = body["error"].as_str().unwrap();
+                assert!(
+                    error.contains("0.001") && error.contains("1000000"),
+                    "the range: {body}"
+                );
+            }
+        }
+    }
+    let (_, flows) = app.get("/api/flows").await;
+    assert_eq!(
+        flows.as_array().unwrap().len(),
+        1,
+        "nothing stored: {flows}"
+    );
+
+    // A tiny limit stored before the rules (as by an older version): written to the store
+    // directly, then a write through the server (a new webhook token) so its flow cache reads
+    // the stored manifest at the next webhook.
+    let store = Store::connect(&app.store_url).await.unwrap();
+    let old = manifest(
+        "bully",
+        "keepAlive: true\nrateLimit: {perSecond: 1e-20, burst: 1}\n",
+        steps,
+    );
+    assert!(store
+        .update_manifest(&bully.id, &old, 15 * 60 * 1000, true, "test")
+        .await
+        .unwrap());
+    let (code, body) = app
+        .post(&format!("/api/flows/{}/webhook-token", bully.id), "")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    bully.token = body["webhook_token"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        let (code, body) = app.webhook(&bully, &json!({"i": i})).await;
+        assert!(
+            code == 202 || code == 429,
+            "bully's webhook {i}: {code} {body}"
+        );
+    }
+    let inject = format!("/api/triggers/{}/inject", bully.id);
+    let (code, body) = app.post(&inject, "{}").await;
+    assert!(code == 202 || code == 429, "bully's inject: {code} {body}");
+
+    // The other tenant's webhook is still taken.
+    let (code, body) = app.webhook(&victim, &json!({"hello": "world"})).await;
+    assert_eq!(code, 202, "another tenant's webhook: {body}");
+    let (code, body) = app.get("/readyz").await;
+    assert_eq!(code, 200, "{body}");
 }

@@ -7,6 +7,7 @@ use std::hash::{Hash as _, Hasher as _};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::locking::lock;
 use crate::manifest::{Manifest, RateLimitSpec, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_RATE_LIMIT};
 
 /// A flow's trigger settings, with the defaults filled in.
@@ -52,23 +53,20 @@ fn text_hash(text: &str) -> u64 {
 impl TriggerSettingsCache {
     pub fn get(&self, flow_id: &str, manifest: &str) -> TriggerSettings {
         let key = text_hash(manifest);
-        if let Some((k, s)) = self.by_flow.lock().expect("settings lock").get(flow_id) {
+        if let Some((k, s)) = lock(&self.by_flow).get(flow_id) {
             if *k == key {
                 return *s;
             }
         }
         // Parsed outside the lock, so one slow parse does not hold up other flows' triggers.
         let settings = TriggerSettings::parse(manifest);
-        self.by_flow
-            .lock()
-            .expect("settings lock")
-            .insert(flow_id.to_string(), (key, settings));
+        lock(&self.by_flow).insert(flow_id.to_string(), (key, settings));
         settings
     }
 
     /// Drops a deleted flow's entry.
     pub fn forget(&self, flow_id: &str) {
-        self.by_flow.lock().expect("settings lock").remove(flow_id);
+        lock(&self.by_flow).remove(flow_id);
     }
 }
 

@@ -29,6 +29,7 @@ use bollard::{ClientVersion, Docker};
 use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::{labels, Backend, BackendError, BackendEvent, PumpSpec, PumpState, PumpStatus};
+use crate::locking::lock;
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
@@ -108,7 +109,7 @@ impl DockerBackend {
         {
             let running = resp.state.as_ref().and_then(|s| s.running).unwrap_or(false);
             if let (true, Some(id)) = (running, resp.id) {
-                self.stopping.lock().expect("stopping lock").insert(id);
+                lock(&self.stopping).insert(id);
             }
         }
     }
@@ -482,12 +483,7 @@ impl ExitWatch {
                     let Some(exit) = exit_from_event(&message, &self.cluster) else {
                         continue;
                     };
-                    if self
-                        .stopping
-                        .lock()
-                        .expect("stopping lock")
-                        .remove(&exit.container_id)
-                    {
+                    if lock(&self.stopping).remove(&exit.container_id) {
                         continue;
                     }
                     if let Some(nanos) = exit.time_nanos {

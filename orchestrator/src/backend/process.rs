@@ -22,6 +22,7 @@ use tokio::process::Command;
 use tokio::sync::{broadcast, watch};
 
 use super::{Backend, BackendError, BackendEvent, PumpSpec, PumpState, PumpStatus};
+use crate::locking::lock;
 
 /// Lines of output kept per flow.
 const LOG_LINES: usize = 2000;
@@ -134,11 +135,7 @@ impl Backend for ProcessBackend {
     }
 
     async fn start(&self, spec: &PumpSpec) -> Result<PumpStatus, BackendError> {
-        let old = self
-            .children
-            .lock()
-            .expect("children lock")
-            .remove(&spec.flow_id);
+        let old = lock(&self.children).remove(&spec.flow_id);
         if let Some(old) = old {
             self.terminate(&spec.flow_id, old, spec.stop_grace).await?;
         }
@@ -212,15 +209,12 @@ impl Backend for ProcessBackend {
             logs,
         };
         let status = Self::status_of(&spec.flow_id, &child);
-        self.children
-            .lock()
-            .expect("children lock")
-            .insert(spec.flow_id.clone(), child);
+        lock(&self.children).insert(spec.flow_id.clone(), child);
         Ok(status)
     }
 
     async fn stop(&self, flow_id: &str, grace: Duration) -> Result<(), BackendError> {
-        let child = self.children.lock().expect("children lock").remove(flow_id);
+        let child = lock(&self.children).remove(flow_id);
         match child {
             Some(child) => self.terminate(flow_id, child, grace).await,
             None => Ok(()),
@@ -228,12 +222,12 @@ impl Backend for ProcessBackend {
     }
 
     async fn inspect(&self, flow_id: &str) -> Result<Option<PumpStatus>, BackendError> {
-        let children = self.children.lock().expect("children lock");
+        let children = lock(&self.children);
         Ok(children.get(flow_id).map(|c| Self::status_of(flow_id, c)))
     }
 
     async fn list(&self) -> Result<Vec<PumpStatus>, BackendError> {
-        let children = self.children.lock().expect("children lock");
+        let children = lock(&self.children);
         Ok(children
             .iter()
             .map(|(flow_id, c)| Self::status_of(flow_id, c))
@@ -241,12 +235,12 @@ impl Backend for ProcessBackend {
     }
 
     fn follow_logs(&self, flow_id: &str, tail: usize) -> BoxStream<'static, String> {
-        let children = self.children.lock().expect("children lock");
+        let children = lock(&self.children);
         let Some(child) = children.get(flow_id) else {
             return Box::pin(futures_util::stream::empty());
         };
         let (first, rx) = {
-            let logs = child.logs.lock().expect("logs lock");
+            let logs = lock(&child.logs);
             let first: Vec<String> = logs
                 .iter()
                 .skip(logs.len().saturating_sub(tail))
@@ -269,7 +263,7 @@ impl Backend for ProcessBackend {
 
     async fn memory(&self, flow_id: &str) -> Option<(i64, Option<i64>)> {
         let pid = {
-            let children = self.children.lock().expect("children lock");
+            let children = lock(&self.children);
             let child = children.get(flow_id)?;
             if child.exited.borrow().is_some() {
                 return None;
@@ -291,11 +285,11 @@ impl Backend for ProcessBackend {
     }
 
     async fn logs(&self, flow_id: &str, tail: usize) -> Result<Vec<String>, BackendError> {
-        let children = self.children.lock().expect("children lock");
+        let children = lock(&self.children);
         Ok(children
             .get(flow_id)
             .map(|c| {
-                let logs = c.logs.lock().expect("logs lock");
+                let logs = lock(&c.logs);
                 logs.iter()
                     .skip(logs.len().saturating_sub(tail))
                     .cloned()
@@ -334,7 +328,7 @@ async fn collect<R: tokio::io::AsyncBufRead + Unpin>(
 ) {
     let mut lines = reader.lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let mut logs = logs.lock().expect("logs lock");
+        let mut logs = lock(&logs);
         if logs.len() >= LOG_LINES {
             logs.pop_front();
         }

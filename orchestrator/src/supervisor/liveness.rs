@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{human_ms, Supervisor, SupervisorError};
+use crate::locking::lock;
 use crate::store::{now_ms, status};
 
 /// How long a hung pump gets to end on SIGTERM before it is killed: it is hung, after all.
@@ -120,7 +121,7 @@ impl Supervisor {
 
     /// Forgets what an earlier term heard: this term watches each pump from its adoption.
     pub fn reset_liveness(&self) {
-        self.liveness.lock().expect("liveness lock").clear();
+        lock(&self.liveness).clear();
     }
 
     /// Stops every running pump silent past the limit and handles it as a crash: what it held
@@ -128,11 +129,7 @@ impl Supervisor {
     pub async fn check_liveness(self: &Arc<Self>) {
         let window = self.dispatcher.bus().read_window();
         let limit = self.liveness_limit().as_millis() as i64;
-        let silent = self
-            .liveness
-            .lock()
-            .expect("liveness lock")
-            .silent(window, limit);
+        let silent = lock(&self.liveness).silent(window, limit);
         for s in silent {
             if let Err(e) = self.stop_hung(&s, window, limit).await {
                 tracing::warn!(flow_id = %s.flow_id, error = %e, "stopping a hung pump failed; trying again at the next check");
@@ -146,15 +143,10 @@ impl Supervisor {
         window: (i64, i64),
         limit: i64,
     ) -> Result<(), SupervisorError> {
-        let lock = self.flow_locks.get(&s.flow_id);
-        let _serial = lock.lock().await;
+        let flow_lock = self.flow_locks.get(&s.flow_id);
+        let _serial = flow_lock.lock().await;
         // It may have spoken, or been stopped, while the lock was waited for.
-        if !self.liveness.lock().expect("liveness lock").is_silent(
-            &s.flow_id,
-            &s.instance_id,
-            window,
-            limit,
-        ) {
+        if !lock(&self.liveness).is_silent(&s.flow_id, &s.instance_id, window, limit) {
             return Ok(());
         }
         let flow = self.store.get_flow(&s.flow_id).await?;
@@ -163,18 +155,11 @@ impl Supervisor {
             Some(instance_id) if instance_id == s.instance_id => {}
             // Another pump's turn now: it is watched from now on, on its own clock.
             Some(instance_id) => {
-                self.liveness.lock().expect("liveness lock").watch(
-                    &s.flow_id,
-                    instance_id,
-                    now_ms(),
-                );
+                lock(&self.liveness).watch(&s.flow_id, instance_id, now_ms());
                 return Ok(());
             }
             None => {
-                self.liveness
-                    .lock()
-                    .expect("liveness lock")
-                    .forget(&s.flow_id);
+                lock(&self.liveness).forget(&s.flow_id);
                 return Ok(());
             }
         }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use super::{stop_grace, Supervisor, SupervisorError};
 use crate::backend::{PumpState, PumpStatus};
+use crate::locking::lock;
 use crate::store::{now_ms, status, FlowRecord};
 
 /// Whether a flow and its pump, as read at the start of a resync, already agree: then the
@@ -62,8 +63,8 @@ impl Supervisor {
     /// # Errors
     /// A store or backend failure; the step can simply be run again.
     pub async fn reconcile(self: &Arc<Self>, flow_id: &str) -> Result<Step, SupervisorError> {
-        let lock = self.flow_locks.get(flow_id);
-        let _serial = lock.lock().await;
+        let flow_lock = self.flow_locks.get(flow_id);
+        let _serial = flow_lock.lock().await;
         let flow = self.store.get_flow(flow_id).await?;
         let pump = self.backend.inspect(flow_id).await?;
         let Some(flow) = flow else {
@@ -94,20 +95,10 @@ impl Supervisor {
             status::RUNNING => match (live.filter(ours), flow.instance_id.as_deref()) {
                 (Some(_), instance_id) => {
                     if let Some(instance_id) = instance_id {
-                        self.liveness.lock().expect("liveness lock").watch(
-                            flow_id,
-                            instance_id,
-                            now_ms(),
-                        );
+                        lock(&self.liveness).watch(flow_id, instance_id, now_ms());
                     }
-                    if !flow.keep_alive
-                        && !self.deadlines.lock().expect("deadlines").is_armed(flow_id)
-                    {
-                        self.deadlines.lock().expect("deadlines").arm(
-                            flow_id,
-                            flow.idle_timeout_ms,
-                            now_ms(),
-                        );
+                    if !flow.keep_alive && !lock(&self.deadlines).is_armed(flow_id) {
+                        lock(&self.deadlines).arm(flow_id, flow.idle_timeout_ms, now_ms());
                     }
                     self.dispatcher.open(flow_id).await;
                     Ok(Step::Adopted)
@@ -205,7 +196,7 @@ impl Supervisor {
         let mut known: BTreeSet<&str> = BTreeSet::new();
         for f in &wanted {
             known.insert(f.id.as_str());
-            let armed = self.deadlines.lock().expect("deadlines").is_armed(&f.id);
+            let armed = lock(&self.deadlines).is_armed(&f.id);
             if !settled(f, pumps.get(&f.id), self.dispatcher.is_open(&f.id), armed) {
                 ids.insert(f.id.clone());
             }
