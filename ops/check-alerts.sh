@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Checks the Prometheus alerting rules and runs their unit tests:
+# Checks the Prometheus alerting rules and runs their unit tests, and checks the example
+# configuration that scrapes /metrics with its token:
 #   promtool check rules ops/prometheus/alerts.yml
 #   promtool test rules  ops/prometheus/alerts_test.yml
+#   promtool check config --syntax-only ops/prometheus/prometheus.yml
 #
 # Usage: ops/check-alerts.sh
 # Installs the Debian package `prometheus` (which ships promtool) when promtool is missing; that
@@ -25,3 +27,5 @@ fi
 
 promtool check rules ops/prometheus/alerts.yml
 promtool test rules ops/prometheus/alerts_test.yml
+# The example scrape configuration, with its token file: the syntax only, as that file is not here.
+promtool check config --syntax-only ops/prometheus/prometheus.yml

@@ -10,6 +10,7 @@ Usage: check_chart.py CHART_DIR OUT_DIR   (writes OUT_DIR/<value set>/<n>-<kind>
 """
 
 import os
+import re
 import sys
 
 import yaml
@@ -58,6 +59,7 @@ VALUE_SETS = {
             "redisUrl": "redis://:redis-password@redis:6379",
             "pumpRedisUrl": "redis://redis.internal:6379",
             "apiToken": "api-token-value",
+            "metricsToken": "metrics-token-value",
             "masterKey": "bWFzdGVyLWtleS1tYXN0ZXIta2V5LW1hc3Rlci1rZXk=",
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
@@ -73,7 +75,24 @@ VALUE_SETS = {
         "podDisruptionBudget": {"enabled": False},
     },
 }
-SECRET_VALUES = ["db-password", "redis-password", "api-token-value", "bWFzdGVyLWtleS1t"]
+SECRET_VALUES = ["db-password", "redis-password", "api-token-value", "metrics-token-value",
+                 "bWFzdGVyLWtleS1t"]
+# Value sets the chart must refuse, with what its message must say.
+REFUSED_SETS = {
+    "servicemonitor-without-metrics-token": (
+        {"serviceMonitor": {"enabled": True}}, "secrets.metricsToken"),
+}
+
+
+def known_settings():
+    """Every PUMPHOUSE_* variable `pumphouse serve` reads: a name the chart sets that the
+    server does not read is a setting silently lost (the admin token was, once)."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "orchestrator", "src", "cli.rs")
+    with open(src) as f:
+        names = set(re.findall(r'env = "(PUMPHOUSE_[A-Z_]+)"', f.read()))
+    check(names, f"no env = \"PUMPHOUSE_...\" settings found in {src}")
+    # Read with std::env::var, not clap: it has no flag, being a key.
+    return names | {"PUMPHOUSE_MASTER_KEY"}
 
 
 class CheckError(Exception):
@@ -123,6 +142,11 @@ def check_set(name, values, docs, release_ns):
     for secret in SECRET_VALUES:
         check(secret not in cm_text, "a secret value is in the ConfigMap")
     check(secret_free(dep, SECRET_VALUES), "a secret value is in the Deployment")
+    known = known_settings()
+    for var in [e["name"] for e in c["env"]] + list(cm["data"]):
+        check(not var.startswith("PUMPHOUSE_") or var in known,
+              f"the chart sets {var}, which pumphouse serve does not read")
+    check(not any(a.startswith("--") for a in c.get("args", [])), "settings go in variables, not arguments (ps shows those)")
 
     secret_name = values["secrets"]["existingSecret"]
     secrets = by_kind(docs, "Secret")
@@ -191,6 +215,15 @@ def check_set(name, values, docs, release_ns):
         check(sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items(), "the ServiceMonitor selects the Service")
         ep = sm["spec"]["endpoints"][0]
         check(ep["port"] == svc["spec"]["ports"][0]["name"] and ep["path"] == "/metrics", "it scrapes /metrics on the http port")
+        auth = ep.get("authorization", {})
+        check(auth.get("type") == "Bearer" and auth.get("credentials") == {"name": secret_name, "key": "metrics-token"},
+              "it scrapes with the Secret's metrics-token")
+        served = [e for e in c["env"] if e["name"] == "PUMPHOUSE_METRICS_TOKEN"]
+        check(served and served[0]["valueFrom"]["secretKeyRef"]["key"] == "metrics-token"
+              and served[0]["valueFrom"]["secretKeyRef"]["name"] == secret_name,
+              "the server takes the metrics token the ServiceMonitor sends")
+        if not values["secrets"]["existingSecret"]:
+            check("metrics-token" in one(docs, "Secret")["data"], "the Secret holds the metrics token")
         check(values["serviceMonitor"]["labels"].items() <= sm["metadata"]["labels"].items(), "it carries the labels Prometheus selects by")
 
 
@@ -251,6 +284,14 @@ def main():
                 yaml.safe_dump(doc, f, sort_keys=False)
             total += 1
         print(f"check_chart.py: {name}: {len(docs)} objects rendered and cross-checked")
+    for name, (override, says) in REFUSED_SETS.items():
+        try:
+            chart.render(merge(chart.values, override), release="pumphouse", namespace=release_ns)
+        except TemplateError as e:
+            check(says in str(e), f"{name}: refused, but the message does not name {says}: {e}")
+            print(f"check_chart.py: {name}: refused as it should be")
+            continue
+        raise CheckError(f"{name}: the chart rendered values it must refuse")
     print(f"check_chart.py: {total} manifests written to {out_dir}")
 
 

@@ -45,20 +45,28 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 # A password for Redis's default user: every pump signs in as its own Redis user, limited to
-# its flow, which an open default user would make pointless.
+# its flow, which an open default user would make pointless. It goes in files readable by this
+# user only, never on a command line, which every user of the machine can read with ps.
 redis_password="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+(
+    umask 077
+    printf 'requirepass %s\n' "$redis_password" >"$state/redis.conf"
+    printf 'redis://default:%s@127.0.0.1:%s\n' "$redis_password" "$redis_port" >"$state/redis.url"
+)
 # Redis and the orchestrator get sessions of their own: a terminal's Ctrl-C reaches only this
 # script, whose clean-up then stops the flow (its pump with it) before stopping them. Caught by
 # them too, the orchestrator would be gone before the stop and leave the pump running.
-setsid redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$state" \
-    --requirepass "$redis_password" >"$state/redis.log" 2>&1 &
+setsid redis-server "$state/redis.conf" --port "$redis_port" --bind 127.0.0.1 --save "" \
+    --appendonly no --dir "$state" >"$state/redis.log" 2>&1 &
 pids+=($!)
 
 # A fresh master key for flow secrets, readable by this user only; never committed anywhere.
 (umask 077 && "$bin/pumphouse" secrets new-key >"$state/master.key")
 
+# The Redis URL (with its password) from a file; a PostgreSQL store's URL would go in
+# PUMPHOUSE_STORE or --store-file the same way. The SQLite file is made with mode 0600.
 setsid "$bin/pumphouse" serve --listen "$listen" --store "sqlite://$state/pumphouse.db" \
-    --redis "redis://default:$redis_password@127.0.0.1:$redis_port" --backend "$backend" --log-format text \
+    --redis-file "$state/redis.url" --backend "$backend" --log-format text \
     --master-key-file "$state/master.key" \
     2> >(setsid tee "$state/pumphouse.log" >&2) &
 server_pid=$!

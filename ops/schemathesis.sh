@@ -179,7 +179,7 @@ status=0
 kill -0 "$server" 2>/dev/null || die "the orchestrator died during the run; see $work/pumphouse.log"
 # What the run reached, by route and answer, so a run that only ever got 404s shows as such.
 say "answers served, by route, method and status:"
-curl -fsS "$api/metrics" | grep '^pumphouse_api_requests_total{' |
+call -f "$api/metrics" | grep '^pumphouse_api_requests_total{' |
     sed 's/^pumphouse_api_requests_total/  /' |
     sort >&2 || true
 if grep -q '"level":"ERROR"' "$work/pumphouse.log"; then

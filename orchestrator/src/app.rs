@@ -55,6 +55,9 @@ pub struct ServeConfig {
     /// This replica's name in the lease; the host name by default.
     pub replica: Option<String>,
     pub admin_token: Option<String>,
+    /// The bearer token `/metrics` requires (the admin token is taken too). Without it
+    /// `/metrics` takes the admin token only, and is open on a server without one.
+    pub metrics_token: Option<String>,
     /// Base URL in the webhook URLs handed out; `http://<listen>` by default.
     pub public_url: Option<String>,
     /// How long a caller waits for an answer (plus any `?wait=` it asked for). Past it the
@@ -92,6 +95,7 @@ impl ServeConfig {
             lease_ttl: Duration::from_secs(10),
             replica: None,
             admin_token: None,
+            metrics_token: None,
             public_url: None,
             request_timeout: Duration::from_secs(30),
             master_key: None,
@@ -260,6 +264,11 @@ impl Application {
                 "no --admin-token: the management API is open to anyone who can reach {local}"
             );
         }
+        match (&config.metrics_token, &config.admin_token) {
+            (Some(_), _) => tracing::info!("/metrics takes the --metrics-token or the admin token"),
+            (None, Some(_)) => tracing::info!("/metrics takes the admin token only; give Prometheus a token of its own with --metrics-token"),
+            (None, None) => tracing::warn!("no --metrics-token nor --admin-token: /metrics, which names every flow and tenant, is open to anyone who can reach {local}"),
+        }
         match &config.master_key {
             Some(key) => tracing::info!(key_id = key.id(), "flow secrets are sealed with this master key"),
             None => tracing::info!("no master key: flow secrets cannot be set; give one with --master-key-file or PUMPHOUSE_MASTER_KEY"),
@@ -274,6 +283,7 @@ impl Application {
             rate_limiter: Default::default(),
             trigger_settings: Default::default(),
             admin_token: config.admin_token.clone(),
+            metrics_token: config.metrics_token.clone(),
             request_timeout: config.request_timeout,
             public_url: config
                 .public_url

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::app::{Application, ServeConfig};
@@ -141,8 +141,16 @@ enum SecretsCommand {
     /// transaction; then restart the servers with the new key.
     ReEncrypt {
         /// The store, as `pumphouse serve --store` names it.
-        #[arg(long, env = "PUMPHOUSE_STORE", hide_env_values = true)]
-        store: String,
+        #[arg(
+            long,
+            env = "PUMPHOUSE_STORE",
+            hide_env_values = true,
+            required_unless_present = "store_file"
+        )]
+        store: Option<String>,
+        /// A file holding the store URL, as `pumphouse serve --store-file`.
+        #[arg(long, env = "PUMPHOUSE_STORE_FILE", conflicts_with = "store")]
+        store_file: Option<PathBuf>,
         /// File holding the key the secrets are sealed with now.
         #[arg(long)]
         from_key_file: PathBuf,
@@ -175,7 +183,9 @@ enum TenantCommand {
 struct ServeArgs {
     #[arg(long, env = "PUMPHOUSE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// sqlite://FILE (created when missing) or postgres://USER:PASSWORD@HOST/DB.
+    /// sqlite://FILE (created when missing, mode 0600) or postgres://USER:PASSWORD@HOST/DB.
+    /// A URL with a password belongs in PUMPHOUSE_STORE or --store-file: every user of the
+    /// host can read a command line.
     #[arg(
         long,
         env = "PUMPHOUSE_STORE",
@@ -183,6 +193,11 @@ struct ServeArgs {
         hide_env_values = true
     )]
     store: String,
+    /// A file holding the --store URL (one trailing newline is dropped).
+    #[arg(long, env = "PUMPHOUSE_STORE_FILE", conflicts_with = "store")]
+    store_file: Option<PathBuf>,
+    /// The Redis URL, as an admin user (it makes a Redis user per pump). With a password, give
+    /// it in PUMPHOUSE_REDIS or --redis-file rather than on the command line.
     #[arg(
         long,
         env = "PUMPHOUSE_REDIS",
@@ -190,6 +205,9 @@ struct ServeArgs {
         hide_env_values = true
     )]
     redis: String,
+    /// A file holding the --redis URL (one trailing newline is dropped).
+    #[arg(long, env = "PUMPHOUSE_REDIS_FILE", conflicts_with = "redis")]
+    redis_file: Option<PathBuf>,
     /// REDIS_URL for pumps, when they reach Redis at another address than the orchestrator.
     #[arg(long, env = "PUMPHOUSE_PUMP_REDIS", hide_env_values = true)]
     pump_redis: Option<String>,
@@ -246,9 +264,29 @@ struct ServeArgs {
     #[arg(long, env = "PUMPHOUSE_REPLICA")]
     replica: Option<String>,
     /// The admin's bearer token: manages tenants and acts on the default tenant's flows.
-    /// Without it, callers without a token act as the admin (development only).
+    /// Without it, callers without a token act as the admin (development only). Better given
+    /// in PUMPHOUSE_ADMIN_TOKEN or --admin-token-file than on the command line.
     #[arg(long, env = "PUMPHOUSE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A file holding the admin token (one trailing newline is dropped).
+    #[arg(
+        long,
+        env = "PUMPHOUSE_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
+    admin_token_file: Option<PathBuf>,
+    /// The bearer token GET /metrics requires (Prometheus: `authorization.credentials_file`);
+    /// the admin token is taken too. Without it /metrics takes the admin token only, and is
+    /// open only on a server without --admin-token.
+    #[arg(long, env = "PUMPHOUSE_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// A file holding the metrics token (one trailing newline is dropped).
+    #[arg(
+        long,
+        env = "PUMPHOUSE_METRICS_TOKEN_FILE",
+        conflicts_with = "metrics_token"
+    )]
+    metrics_token_file: Option<PathBuf>,
     /// Base URL used in the webhook URLs handed out.
     #[arg(long, env = "PUMPHOUSE_PUBLIC_URL")]
     public_url: Option<String>,
@@ -264,6 +302,10 @@ struct ServeArgs {
     /// `json` (one object a line) or `text`; `text` when stderr is a terminal by default.
     #[arg(long, env = "PUMPHOUSE_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Warnings about secrets given on the command line, made while parsing it and logged once
+    /// logging is set up.
+    #[arg(skip)]
+    exposed: Vec<String>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -272,7 +314,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the command line; the exit code says whether it worked.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Serve(args), Some(serve)) =
+        (&mut cli.command, matches.subcommand_matches("serve"))
+    {
+        args.exposed = secrets_on_command_line(serve);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -371,10 +419,30 @@ fn init_tracing(format: Option<&str>) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format.as_deref())?;
+    for warning in &args.exposed {
+        tracing::warn!("SECURITY: {warning}");
+    }
+    let store_url = match &args.store_file {
+        Some(file) => read_setting_file(file, "--store-file")?,
+        None => args.store,
+    };
+    let redis_url = match &args.redis_file {
+        Some(file) => read_setting_file(file, "--redis-file")?,
+        None => args.redis,
+    };
+    let admin_token = match &args.admin_token_file {
+        Some(file) => Some(read_setting_file(file, "--admin-token-file")?),
+        None => args.admin_token,
+    };
+    let metrics_token = match &args.metrics_token_file {
+        Some(file) => Some(read_setting_file(file, "--metrics-token-file")?),
+        // Empty counts as unset, as compose passes `${PUMPHOUSE_METRICS_TOKEN:-}` through.
+        None => args.metrics_token.filter(|t| !t.is_empty()),
+    };
     let config = ServeConfig {
         listen: args.listen,
-        store_url: args.store,
-        redis_url: args.redis,
+        store_url,
+        redis_url,
         pump_redis_url: args.pump_redis,
         backend: args.backend,
         docker_socket: args.docker_socket,
@@ -392,7 +460,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         resync_interval: args.resync_interval,
         lease_ttl: args.lease_ttl,
         replica: args.replica,
-        admin_token: args.admin_token,
+        admin_token,
+        metrics_token,
         public_url: args.public_url,
         request_timeout: args.request_timeout,
         master_key: master_key(args.master_key_file.as_deref())?.map(std::sync::Arc::new),
@@ -401,6 +470,84 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("stopped serving; pumps keep running");
     Ok(())
+}
+
+/// A setting given as a file (`--store-file` and the like): its text without one trailing
+/// newline. Errors name the file and the flag, never what the file holds.
+fn read_setting_file(path: &std::path::Path, flag: &str) -> anyhow::Result<String> {
+    let mut text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {flag} {}", path.display()))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.trim().is_empty() {
+        bail!("{flag} {} is empty", path.display());
+    }
+    Ok(text)
+}
+
+/// Whether a store or Redis URL carries a password: `scheme://USER:PASSWORD@HOST`, or
+/// libpq's `?password=` parameter.
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_userinfo = before_query.rfind('@').is_some_and(|at| {
+        before_query[..at]
+            .split_once(':')
+            .is_some_and(|(_, password)| !password.is_empty())
+    });
+    let in_query = query.split('&').any(|kv| {
+        kv.split_once('=')
+            .is_some_and(|(k, v)| k == "password" && !v.is_empty())
+    });
+    in_userinfo || in_query
+}
+
+/// What `serve` was given on its command line that holds a secret, each as a warning saying
+/// where to give it instead. Every user of the host reads a command line (`ps`,
+/// `/proc/PID/cmdline`), unlike the environment or a file of mode 0600. The warnings name the
+/// flag, never the value: they are logged.
+fn secrets_on_command_line(serve: &clap::ArgMatches) -> Vec<String> {
+    use clap::parser::ValueSource;
+    let given = |id: &str| serve.value_source(id) == Some(ValueSource::CommandLine);
+    let read_by_all = "every user of this host can read it (ps, /proc/PID/cmdline)";
+    let mut found = Vec::new();
+    for (id, flag, instead) in [
+        ("store", "--store", "PUMPHOUSE_STORE or --store-file"),
+        ("redis", "--redis", "PUMPHOUSE_REDIS or --redis-file"),
+        ("pump_redis", "--pump-redis", "PUMPHOUSE_PUMP_REDIS"),
+    ] {
+        let url = serve.get_one::<String>(id);
+        if given(id) && url.is_some_and(|u| url_has_password(u)) {
+            found.push(format!(
+                "the {flag} URL on the command line carries a password, and {read_by_all}; give it in {instead}"
+            ));
+        }
+    }
+    for (id, flag, instead) in [
+        (
+            "admin_token",
+            "--admin-token",
+            "PUMPHOUSE_ADMIN_TOKEN or --admin-token-file",
+        ),
+        (
+            "metrics_token",
+            "--metrics-token",
+            "PUMPHOUSE_METRICS_TOKEN or --metrics-token-file",
+        ),
+    ] {
+        if given(id) {
+            found.push(format!(
+                "{flag} is on the command line, and {read_by_all}; give it in {instead}"
+            ));
+        }
+    }
+    found
 }
 
 /// The server's master key: from the file, or from PUMPHOUSE_MASTER_KEY, never both.
@@ -430,9 +577,17 @@ async fn secrets_command(cmd: SecretsCommand) -> anyhow::Result<()> {
         }
         SecretsCommand::ReEncrypt {
             store,
+            store_file,
             from_key_file,
             to_key_file,
         } => {
+            let store = match (store, store_file) {
+                (_, Some(file)) => read_setting_file(&file, "--store-file")?,
+                (Some(url), None) => url,
+                (None, None) => {
+                    bail!("name the store with --store, PUMPHOUSE_STORE or --store-file")
+                }
+            };
             let from = MasterKey::from_file(&from_key_file)?;
             let to = MasterKey::from_file(&to_key_file)?;
             let store = crate::store::Store::connect(&store).await?;
@@ -903,6 +1058,135 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                 .await?;
             println!("flow {name} deleted");
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_matches(args: &[&str]) -> Result<clap::ArgMatches, clap::Error> {
+        let argv = ["pumphouse", "serve"].iter().chain(args);
+        let all = Cli::command().try_get_matches_from(argv)?;
+        Ok(all
+            .subcommand_matches("serve")
+            .expect("the serve command")
+            .clone())
+    }
+
+    fn warnings(args: &[&str]) -> Vec<String> {
+        secrets_on_command_line(&serve_matches(args).expect("valid arguments"))
+    }
+
+    #[test]
+    fn a_store_password_on_the_command_line_is_warned_about_without_being_shown() {
+        let w = warnings(&["--store", "postgres://ph:hunter2@db/ph"]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("--store"), "{}", w[0]);
+        assert!(w[0].contains("PUMPHOUSE_STORE or --store-file"), "{}", w[0]);
+        assert!(w[0].contains("ps"), "says who can read it: {}", w[0]);
+        assert!(!w[0].contains("hunter2"), "the warning shows the password");
+    }
+
+    #[test]
+    fn redis_urls_and_tokens_on_the_command_line_are_warned_about_without_being_shown() {
+        let w = warnings(&[
+            "--redis",
+            "redis://:s3cret@r:6379",
+            "--pump-redis",
+            "redis://pumps:s3cret@r:6379",
+            "--admin-token",
+            "t0ken-a",
+            "--metrics-token",
+            "t0ken-m",
+        ]);
+        let all = w.join("\n");
+        for flag in [
+            "--redis ",
+            "--pump-redis ",
+            "--admin-token ",
+            "--metrics-token ",
+        ] {
+            assert!(all.contains(flag), "{flag} missing from {all}");
+        }
+        assert_eq!(w.len(), 4, "{all}");
+        for secret in ["s3cret", "t0ken-a", "t0ken-m"] {
+            assert!(!all.contains(secret), "a warning shows {secret}: {all}");
+        }
+    }
+
+    #[test]
+    fn urls_without_a_password_and_defaults_are_not_warned_about() {
+        assert_eq!(warnings(&[]), Vec::<String>::new());
+        let w = warnings(&[
+            "--store",
+            "sqlite:///var/lib/pumphouse/ph.db",
+            "--redis",
+            "redis://admin@127.0.0.1:6379",
+        ]);
+        assert_eq!(w, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_password_is_found_in_the_userinfo_or_the_query() {
+        assert!(url_has_password("postgres://ph:pw@db/ph"));
+        assert!(url_has_password("redis://:pw@r:6379"));
+        assert!(url_has_password("postgres://ph:p@ss@db/ph"));
+        assert!(url_has_password("postgres://db/ph?user=ph&password=pw"));
+        assert!(!url_has_password("postgres://ph@db/ph"));
+        assert!(!url_has_password("postgres://ph:@db/ph"));
+        assert!(!url_has_password("redis://r:6379"));
+        assert!(!url_has_password("sqlite://ph.db?mode=rwc"));
+    }
+
+    #[test]
+    fn a_setting_file_loses_one_trailing_newline_and_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("pumphouse-cli-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("store-url");
+        std::fs::write(&file, "postgres://ph:pw@db/ph\n").unwrap();
+        assert_eq!(
+            read_setting_file(&file, "--store-file").unwrap(),
+            "postgres://ph:pw@db/ph"
+        );
+        std::fs::write(&file, "token\r\n").unwrap();
+        assert_eq!(read_setting_file(&file, "--x-file").unwrap(), "token");
+
+        let missing = dir.join("missing");
+        let e = format!(
+            "{:#}",
+            read_setting_file(&missing, "--redis-file").unwrap_err()
+        );
+        assert!(
+            e.contains("--redis-file") && e.contains(&missing.display().to_string()),
+            "{e}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let e = format!(
+            "{:#}",
+            read_setting_file(&file, "--store-file").unwrap_err()
+        );
+        assert!(e.contains("is empty") && e.contains("store-url"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_setting_and_its_file_are_not_given_together() {
+        assert!(serve_matches(&["--store-file", "/run/secrets/store"]).is_ok());
+        assert!(serve_matches(&["--redis-file", "/run/secrets/redis"]).is_ok());
+        for (flag, file) in [
+            ("--store", "--store-file"),
+            ("--redis", "--redis-file"),
+            ("--admin-token", "--admin-token-file"),
+            ("--metrics-token", "--metrics-token-file"),
+        ] {
+            let e = serve_matches(&[flag, "x", file, "/f"]).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag} with {file}"
+            );
         }
     }
 }

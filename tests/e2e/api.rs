@@ -266,3 +266,125 @@ async fn oversized_bodies_are_refused_with_a_json_error_and_nothing_is_recorded(
         "{body}"
     );
 }
+
+/// The headers of an answer, for the tests below that read them.
+async fn answer(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let resp = app
+        .http
+        .request(method, app.url(path))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("the server answered");
+    let code = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (code, headers, resp.text().await.unwrap_or_default())
+}
+
+fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_says_nosniff_errors_and_the_framework_refusals_included() {
+    use reqwest::Method;
+    let app = TestApp::spawn(Backend::Process).await;
+    let missing = pumphouse_e2e::unique("missing");
+    for (method, path, want) in [
+        (Method::GET, "/healthz".to_string(), 200),
+        (Method::GET, "/api/flows".to_string(), 200),
+        (Method::GET, format!("/api/flows/{missing}"), 404),
+        (Method::POST, "/api/flows".to_string(), 422),
+        (Method::GET, "/no/such/route".to_string(), 404),
+        (Method::PATCH, "/api/flows".to_string(), 405),
+        (
+            Method::GET,
+            format!("/api/flows/{missing}/executions?limit=many"),
+            400,
+        ),
+        (Method::GET, "/metrics".to_string(), 200),
+    ] {
+        let (code, headers, text) = answer(&app, method.clone(), &path, "name: [").await;
+        assert_eq!(code, want, "{method} {path}: {text}");
+        assert_eq!(
+            header(&headers, "x-content-type-options"),
+            Some("nosniff"),
+            "{method} {path} answered {code} without nosniff"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carrying_a_token_say_no_store_and_others_do_not() {
+    use reqwest::Method;
+    let app = TestApp::spawn(Backend::Process).await;
+    let name = pumphouse_e2e::unique("cached");
+    let (code, headers, text) = answer(
+        &app,
+        Method::POST,
+        "/api/flows",
+        &manifest(&name, "", "    - log: x\n"),
+    )
+    .await;
+    assert_eq!(code, 201, "{text}");
+    assert!(text.contains("webhook_token"), "{text}");
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("no-store"),
+        "flow creation"
+    );
+
+    let (code, headers, text) = answer(
+        &app,
+        Method::POST,
+        &format!("/api/flows/{name}/webhook-token"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("no-store"),
+        "token rotation"
+    );
+
+    let tenant = pumphouse_e2e::unique("t");
+    let (code, headers, text) = answer(
+        &app,
+        Method::POST,
+        "/api/tenants",
+        &serde_json::json!({ "id": tenant }).to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{text}");
+    assert!(text.contains("api_token"), "{text}");
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("no-store"),
+        "a tenant's first token"
+    );
+
+    let (code, headers, text) = answer(
+        &app,
+        Method::POST,
+        &format!("/api/tenants/{tenant}/tokens"),
+        r#"{"name": "ci"}"#,
+    )
+    .await;
+    assert_eq!(code, 201, "{text}");
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("no-store"),
+        "a new API token"
+    );
+
+    // Answers without a token may be cached as the client likes.
+    let (code, headers, _) = answer(&app, Method::GET, "/api/flows", "").await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&headers, "cache-control"), None);
+}

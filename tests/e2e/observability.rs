@@ -316,3 +316,115 @@ async fn the_openapi_document_covers_every_route_with_its_bodies() {
     );
     assert!(create["responses"]["422"].is_object());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_refused_without_the_metrics_or_admin_token_and_served_with_either() {
+    let admin = pumphouse_e2e::unique("admin");
+    let scraper = pumphouse_e2e::unique("scraper");
+    let app = TestApp::spawn_with(Backend::Process, |c| {
+        c.admin_token = Some(admin.clone());
+        c.metrics_token = Some(scraper.clone());
+    })
+    .await;
+    let name = pumphouse_e2e::unique("listed");
+    let (code, created) = app
+        .call_as(
+            Some(&admin),
+            reqwest::Method::POST,
+            "/api/flows",
+            &manifest(&name, "", "    - log: x\n"),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let tenant = pumphouse_e2e::unique("t");
+    let (code, body) = app
+        .call_as(
+            Some(&admin),
+            reqwest::Method::POST,
+            "/api/tenants",
+            &json!({ "id": tenant }).to_string(),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let tenant_token = body["api_token"].as_str().unwrap().to_string();
+
+    let scrape = |token: Option<String>| {
+        let mut req = app.http.get(app.url("/metrics"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.expect("/metrics answered");
+            let code = resp.status().as_u16();
+            let challenge = resp
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_string());
+            (code, challenge, resp.text().await.unwrap())
+        }
+    };
+    for (who, token) in [
+        ("no token", None),
+        ("a wrong token", Some(format!("{scraper}x"))),
+        ("a tenant's API token", Some(tenant_token)),
+    ] {
+        let (code, challenge, text) = scrape(token).await;
+        assert_eq!(code, 401, "{who}: {text}");
+        assert!(!text.contains(&name), "{who} read the flow names: {text}");
+        assert!(text.contains("--metrics-token"), "{who}: {text}");
+        assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="pumphouse""#));
+    }
+    for (who, token) in [("the metrics token", scraper), ("the admin token", admin)] {
+        let (code, _, text) = scrape(Some(token)).await;
+        assert_eq!(code, 200, "{who}: {text}");
+        assert!(
+            text.contains(&format!(r#"name="{name}",tenant="default""#)),
+            "{who}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_on_the_command_line_are_warned_about_and_never_logged_and_files_are_read() {
+    let dir = pumphouse_e2e::TempDir::new("pumphouse-metrics-token");
+    let scraper = pumphouse_e2e::unique("scraper");
+    let file = dir.0.join("metrics.token");
+    // As `echo TOKEN > FILE` writes it: the newline is not part of the token.
+    std::fs::write(&file, format!("{scraper}\n")).unwrap();
+    let app = TestApp::spawn_process(
+        Backend::Process,
+        &["--metrics-token-file", file.to_str().unwrap()],
+    )
+    .await;
+
+    let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "the token file is in force");
+    let resp = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth(&scraper)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "the file's token, newline dropped"
+    );
+
+    // The harness gives `--redis redis://default:PASSWORD@...` on the command line.
+    let log = app.server_log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("SECURITY") && l.contains("--redis"))
+        .unwrap_or_else(|| panic!("no warning about --redis on the command line:\n{log}"));
+    assert!(warning.contains("PUMPHOUSE_REDIS"), "{warning}");
+    assert!(
+        !log.contains(&app.redis.password),
+        "the Redis password is in the log:\n{log}"
+    );
+    assert!(
+        !log.contains(&scraper),
+        "the metrics token is in the log:\n{log}"
+    );
+}

@@ -68,6 +68,36 @@ impl Caller {
     }
 }
 
+/// Whether a request may read `/metrics`, which names every flow and its tenant.
+///
+/// With a metrics token or an admin token configured, the request must bear one of them; a
+/// tenant's API token is refused (the metrics cover every tenant). With neither configured (a
+/// development server, whose management API is open as well) anyone may.
+pub fn may_read_metrics(
+    headers: &axum::http::HeaderMap,
+    metrics_token: Option<&str>,
+    admin_token: Option<&str>,
+) -> bool {
+    if metrics_token.is_none() && admin_token.is_none() {
+        return true;
+    }
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Both compared, whichever matches, so the time taken does not say which one did.
+    let matches = [metrics_token, admin_token]
+        .into_iter()
+        .flatten()
+        .fold(subtle::Choice::from(0), |any, want| {
+            any | given.as_bytes().ct_eq(want.as_bytes())
+        });
+    matches.into()
+}
+
 /// Resolves the bearer token to a [`Caller`], or answers 401.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let given = req
@@ -117,5 +147,42 @@ pub async fn audit(
     };
     if let Err(e) = state.store.record_audit(&entry).await {
         tracing::error!(error = %e, action, "could not record an audit entry");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn bearing(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn metrics_take_the_metrics_token_or_the_admin_token_and_nothing_else() {
+        let (metrics, admin) = (Some("m-token"), Some("a-token"));
+        assert!(may_read_metrics(&bearing("m-token"), metrics, admin));
+        assert!(may_read_metrics(&bearing("a-token"), metrics, admin));
+        assert!(!may_read_metrics(&HeaderMap::new(), metrics, admin));
+        assert!(!may_read_metrics(&bearing("m-toke"), metrics, admin));
+        assert!(!may_read_metrics(&bearing("pht_tenant"), metrics, admin));
+        assert!(!may_read_metrics(&bearing(""), metrics, admin));
+    }
+
+    #[test]
+    fn without_a_metrics_token_metrics_take_the_admin_token_and_are_open_only_without_one() {
+        assert!(may_read_metrics(&bearing("a-token"), None, Some("a-token")));
+        assert!(!may_read_metrics(&HeaderMap::new(), None, Some("a-token")));
+        assert!(!may_read_metrics(&bearing("other"), None, Some("a-token")));
+        assert!(may_read_metrics(&bearing("m-token"), Some("m-token"), None));
+        assert!(!may_read_metrics(&HeaderMap::new(), Some("m-token"), None));
+        // A development server: the management API is open, and so are the metrics.
+        assert!(may_read_metrics(&HeaderMap::new(), None, None));
     }
 }

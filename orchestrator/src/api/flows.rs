@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{audit, Caller};
-use super::{find_flow, ApiError, AppState};
+use super::{carrying_a_secret, find_flow, ApiError, AppState};
 use crate::manifest::{Manifest, ManifestError};
 use crate::store::{now_ms, status, ExecutionRecord, FlowRecord};
 use crate::token;
@@ -137,6 +137,9 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let text = manifest_text(&body)?;
     let manifest = Manifest::parse(text).map_err(ApiError::Manifest)?;
+    manifest
+        .check_for_backend(state.supervisor.backend().name())
+        .map_err(ApiError::Manifest)?;
     let idle = manifest.idle_timeout().map_err(ApiError::Manifest)?;
     let webhook_token = token::generate();
     let now = now_ms();
@@ -173,7 +176,7 @@ pub async fn create(
         webhook_url,
         note: "the webhook token is shown only now; store it".into(),
     };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok(carrying_a_secret(StatusCode::CREATED, body))
 }
 
 /// A new flow, with its webhook token: the only time the token is shown.
@@ -201,7 +204,7 @@ pub async fn rotate_webhook_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<RotatedToken>, ApiError> {
+) -> Result<Response, ApiError> {
     let flow = find_flow(&state, &caller, &id).await?;
     let webhook_token = token::generate();
     if !state
@@ -221,11 +224,14 @@ pub async fn rotate_webhook_token(
     )
     .await;
     let webhook_url = webhook_url(&state, &flow.id, &webhook_token);
-    Ok(Json(RotatedToken {
-        webhook_token,
-        webhook_url,
-        note: "the webhook token is shown only now; the old one no longer works".into(),
-    }))
+    Ok(carrying_a_secret(
+        StatusCode::OK,
+        RotatedToken {
+            webhook_token,
+            webhook_url,
+            note: "the webhook token is shown only now; the old one no longer works".into(),
+        },
+    ))
 }
 
 fn webhook_url(state: &AppState, flow_id: &str, token: &str) -> String {
@@ -290,6 +296,9 @@ pub async fn update(
     let flow = find_flow(&state, &caller, &id).await?;
     let text = manifest_text(&body)?;
     let manifest = Manifest::parse(text).map_err(ApiError::Manifest)?;
+    manifest
+        .check_for_backend(state.supervisor.backend().name())
+        .map_err(ApiError::Manifest)?;
     if manifest.name != flow.name {
         return Err(ApiError::Manifest(ManifestError {
             message: format!(

@@ -17,7 +17,7 @@ mod triggers;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -65,6 +65,9 @@ pub struct Shared {
     pub trigger_settings: Arc<trigger_settings::TriggerSettingsCache>,
     /// The admin's bearer token; without one, callers without a token act as the admin.
     pub admin_token: Option<String>,
+    /// The bearer token `/metrics` takes besides the admin token; see
+    /// [`auth::may_read_metrics`].
+    pub metrics_token: Option<String>,
     /// How users reach this server, for the webhook URLs it hands out.
     pub public_url: String,
     /// See [`crate::app::ServeConfig::request_timeout`].
@@ -136,7 +139,31 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             run_to_completion,
         ))
+        // Outermost, so every answer has it: the framework's refusals and timeouts too.
+        .layer(axum::middleware::map_response(no_sniffing))
         .with_state(state)
+}
+
+/// Tells browsers to take every answer as the type it declares. Error answers echo what the
+/// caller sent (a flow name, a manifest line), and a browser guessing HTML from such text
+/// would run whatever script it held, with the API's origin.
+async fn no_sniffing(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// An answer that carries a token shown only this once (a new flow's webhook token, a rotated
+/// one, a tenant's API token): no cache, in a browser or a proxy between, may keep a copy.
+pub(crate) fn carrying_a_secret(code: StatusCode, body: impl serde::Serialize) -> Response {
+    (
+        code,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
+    )
+        .into_response()
 }
 
 /// Runs each request's handler as a task of its own, so neither the request timeout nor a
@@ -194,10 +221,20 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
     resp
 }
 
-/// The Prometheus text exposition; gauges that live in the store are read now.
+/// The Prometheus text exposition; gauges that live in the store are read now. It names every
+/// flow and tenant, so it takes the metrics token or the admin token (see
+/// [`auth::may_read_metrics`]).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, content_type = "text/plain", body = String, description = "Prometheus text format")))]
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    responses((status = 200, content_type = "text/plain", body = String, description = "Prometheus text format"),
+        (status = 401, body = ErrorBody, description = "no valid token: the server's --metrics-token or --admin-token")))]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !auth::may_read_metrics(
+        &headers,
+        state.metrics_token.as_deref(),
+        state.admin_token.as_deref(),
+    ) {
+        return Err(ApiError::MetricsUnauthorized);
+    }
     let m = &state.metrics;
     m.flows.reset();
     for (status, n) in state.store.count_flows_by_status().await? {
@@ -223,7 +260,9 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-/// Whether the store, Redis and the backend answer, each named; and this replica's role.
+/// Whether the store, Redis and the backend answer, each named; and this replica's role. On
+/// the leader, `events.bad_streams` lists the flows' events streams it stopped reading (still
+/// ready: they cost only their own flows).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = serde_json::Value, description = "ready"),
         (status = 503, body = serde_json::Value, description = "not ready: the failing part says why")))]
@@ -249,6 +288,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "store": show(&store),
         "redis": show(&redis),
         "backend": show(&backend),
+        // Streams the leader stopped reading (each costs only its own flow, now in `error`).
+        "events": {"bad_streams": state.bus.bad_streams()},
     });
     let code = if ready {
         StatusCode::OK
@@ -298,6 +339,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("missing, wrong or revoked API token; send `Authorization: Bearer <token>` with the server's --admin-token or a tenant's API token")]
     Unauthorized,
+    #[error("missing or wrong token; /metrics takes `Authorization: Bearer <token>` with the server's --metrics-token or --admin-token")]
+    MetricsUnauthorized,
     #[error("{0}")]
     Forbidden(String),
     #[error("no answer within {after_secs:.1}s; the request goes on in the background, so check the outcome (for a flow: `pumphouse flow status NAME`) before sending it again")]
@@ -354,7 +397,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = match &self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::MetricsUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TimedOut { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -396,6 +439,13 @@ impl IntoResponse for ApiError {
         };
         if let Some(secs) = retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        if code == StatusCode::UNAUTHORIZED {
+            // What RFC 9110 asks of a 401: the scheme the caller should use.
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"pumphouse\""),
+            );
         }
         resp
     }

@@ -21,7 +21,7 @@ use crate::tenants::{ApiToken, AuditEntry, Tenant};
 #[openapi(
     info(
         title = "pumphouse",
-        description = "Per-flow container orchestrator. Management routes need `Authorization: Bearer <token>` (the server's --admin-token, or a tenant's API token, which sees only that tenant's flows); the webhook route is authenticated by its token.",
+        description = "Per-flow container orchestrator. Management routes need `Authorization: Bearer <token>` (the server's --admin-token, or a tenant's API token, which sees only that tenant's flows); the webhook route is authenticated by its token; /metrics takes the server's --metrics-token or --admin-token.",
     ),
     paths(
         super::flows::list,
@@ -87,7 +87,7 @@ pub struct ApiDoc;
 /// the server has an API token.
 struct CommonErrors;
 
-/// Routes that answer without the API token.
+/// Routes that answer without the API token (`/metrics` documents the token it takes itself).
 const OPEN_ROUTES: &[&str] = &[
     "/api/triggers/{flow_id}/webhook/{token}",
     "/healthz",

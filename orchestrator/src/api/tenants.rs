@@ -3,12 +3,12 @@
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{audit, Caller};
-use super::{ApiError, AppState};
+use super::{carrying_a_secret, ApiError, AppState};
 use crate::store::now_ms;
 use crate::tenants::{self, ApiToken, AuditEntry, Tenant};
 
@@ -96,7 +96,7 @@ pub async fn create(
         api_token,
         note: SHOWN_ONCE.into(),
     };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok(carrying_a_secret(StatusCode::CREATED, body))
 }
 
 #[utoipa::path(get, path = "/api/tenants", tag = "tenants",
@@ -157,7 +157,7 @@ pub async fn create_token(
         api_token,
         note: SHOWN_ONCE.into(),
     };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok(carrying_a_secret(StatusCode::CREATED, body))
 }
 
 #[utoipa::path(delete, path = "/api/tenants/{id}/tokens/{token_id}", tag = "tenants",
