@@ -16,11 +16,15 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands as _;
 
+use crate::locking::lock;
+
 /// The consumer group the leading replica reads pump events through, on every flow's stream.
 const GROUP: &str = "orchestrator";
 
 /// Where replicas that do not lead announce the triggers they recorded.
 const ACCEPTED_CHANNEL: &str = "pumphouse:accepted";
+/// Where other replicas ask the leader to carry out a start, stop or delete they recorded.
+const SUPERVISE_CHANNEL: &str = "pumphouse:supervise";
 
 /// Where replicas announce the events streams of pumps they start (`<tenant> <flow>`).
 const WATCH_CHANNEL: &str = "pumphouse:watch";
@@ -44,6 +48,8 @@ pub struct Bus {
     client: redis::Client,
     conn: ConnectionManager,
     watched: Arc<Watched>,
+    /// At most one line a minute per stream about a stream made again.
+    remade_log: Arc<crate::log_gate::LogGate>,
 }
 
 impl Bus {
@@ -67,6 +73,7 @@ impl Bus {
             client,
             conn,
             watched: Arc::default(),
+            remade_log: Arc::new(crate::log_gate::LogGate::new(REMADE_WINDOW)),
         })
     }
 
@@ -110,18 +117,7 @@ impl Bus {
     /// Tells the leader that a trigger for `flow_id` was recorded by another replica. Best
     /// effort: the leader also loads unacknowledged triggers from the store every second.
     pub async fn notify_accepted(&self, flow_id: &str) {
-        let mut conn = self.conn.clone();
-        let publish = conn.publish::<_, _, u64>(ACCEPTED_CHANNEL, flow_id);
-        match tokio::time::timeout(OP_TIMEOUT, publish).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(flow_id, error = %e, "telling the leader about a trigger failed; it polls the store too")
-            }
-            Err(_) => tracing::debug!(
-                flow_id,
-                "telling the leader about a trigger timed out; it polls the store too"
-            ),
-        }
+        self.notify(ACCEPTED_CHANNEL, flow_id).await
     }
 
     /// Calls `apply` with each flow id other replicas recorded triggers for, for ever,
@@ -132,6 +128,37 @@ impl Bus {
         Fut: Future<Output = ()>,
     {
         self.notifications(ACCEPTED_CHANNEL, apply).await
+    }
+
+    /// Tells the leader that another replica recorded a start, stop or delete of `flow_id`,
+    /// which only the leader carries out. Best effort: the leader's reconcile finds it too.
+    pub async fn notify_supervise(&self, flow_id: &str) {
+        self.notify(SUPERVISE_CHANNEL, flow_id).await
+    }
+
+    /// Calls `apply` with each flow id other replicas asked the leader to act on, for ever.
+    pub async fn supervise_requests<F, Fut>(&self, apply: F)
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.notifications(SUPERVISE_CHANNEL, apply).await
+    }
+
+    async fn notify(&self, channel: &str, flow_id: &str) {
+        let mut conn = self.conn.clone();
+        let publish = conn.publish::<_, _, u64>(channel, flow_id);
+        match tokio::time::timeout(OP_TIMEOUT, publish).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(flow_id, channel, error = %e, "telling the leader failed; it looks at the store too")
+            }
+            Err(_) => tracing::debug!(
+                flow_id,
+                channel,
+                "telling the leader timed out; it looks at the store too"
+            ),
+        }
     }
 
     /// Calls `apply` with each message on `channel`, for ever, resubscribing with back-off.
@@ -174,8 +201,13 @@ impl Bus {
         let stream = channels::events_stream(tenant_id, flow_id);
         let mut conn = self.conn.clone();
         // Even when Redis is down the stream joins the set: the reader makes the group (from
-        // the first entry) when Redis is back, so nothing written meanwhile is missed.
-        let grouped = create_group(&mut conn, &stream).await;
+        // the first entry) when Redis is back, so nothing written meanwhile is missed. A key of
+        // another type at the stream's name (an earlier pump put it there, and the reader
+        // isolated the stream for it) is deleted first: a new pump gets a working stream.
+        let grouped = match remove_foreign_key(&mut conn, &stream, flow_id).await {
+            Ok(()) => create_group(&mut conn, &stream).await,
+            Err(e) => Err(e),
+        };
         self.read_stream(tenant_id, flow_id).await;
         let publish = conn.publish::<_, _, u64>(WATCH_CHANNEL, format!("{tenant_id} {flow_id}"));
         match tokio::time::timeout(OP_TIMEOUT, publish).await {
@@ -193,8 +225,10 @@ impl Bus {
     async fn read_stream(&self, tenant_id: &str, flow_id: &str) {
         let stream = channels::events_stream(tenant_id, flow_id);
         let generation = {
-            let mut streams = self.watched.streams.lock().expect("watched lock");
-            if streams.insert(stream, flow_id.to_string()).is_some() {
+            let mut streams = lock(&self.watched.streams);
+            // Prepared for a new pump: an isolated stream is read again.
+            let was_bad = lock(&self.watched.bad).remove(&stream).is_some();
+            if streams.insert(stream, flow_id.to_string()).is_some() && !was_bad {
                 return;
             }
             self.watched.generation.fetch_add(1, Ordering::SeqCst) + 1
@@ -240,7 +274,7 @@ impl Bus {
             .iter()
             .map(|(t, f)| (channels::events_stream(t, f), f.clone()))
             .collect();
-        let mut streams = self.watched.streams.lock().expect("watched lock");
+        let mut streams = lock(&self.watched.streams);
         if self.watched.generation.load(Ordering::SeqCst) != since {
             // Something was added since `live` was read; drop nothing this time.
             streams.extend(keep);
@@ -261,13 +295,8 @@ impl Bus {
     /// Stops reading a flow's events and deletes its stream: the flow is gone.
     pub async fn forget_events(&self, tenant_id: &str, flow_id: &str) -> Result<(), BusError> {
         let stream = channels::events_stream(tenant_id, flow_id);
-        let removed = self
-            .watched
-            .streams
-            .lock()
-            .expect("watched lock")
-            .remove(&stream)
-            .is_some();
+        let removed = lock(&self.watched.streams).remove(&stream).is_some();
+        lock(&self.watched.bad).remove(&stream);
         if removed {
             self.watched.generation.fetch_add(1, Ordering::SeqCst);
             self.watched.changed.notify_one();
@@ -345,15 +374,23 @@ impl Bus {
     /// `consumer` names this replica in the group; a restarted replica with the same name first
     /// re-reads what it left unacked. An event naming another flow than the stream it came from
     /// is dropped: a pump can write only its own stream, and must not speak for another flow.
-    pub async fn consume_events<F, Fut, E>(&self, consumer: &str, mut apply: F)
+    ///
+    /// A pump can break its own stream (delete it, or put another type of key in its place),
+    /// which fails the one read over every stream. Such a stream costs only its own flow: it is
+    /// found by reading the streams one by one, made again if it was merely gone (a few times
+    /// a minute at most), and otherwise isolated: left out of every read until the flow's next
+    /// start makes it again ([`Bus::watch_events`]), logged once, listed by
+    /// [`Bus::bad_streams`], and handed to `isolated` so the flow can be put in `error`.
+    pub async fn consume_events<F, Fut, E, B>(&self, consumer: &str, mut apply: F, mut isolated: B)
     where
         F: FnMut(Vec<PumpEvent>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
+        B: FnMut(BadStream),
     {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.consume_once(consumer, &mut apply).await {
+            match self.consume_once(consumer, &mut apply, &mut isolated).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, ?backoff, "reading pump events failed; reconnecting");
@@ -364,11 +401,17 @@ impl Bus {
         }
     }
 
-    async fn consume_once<F, Fut, E>(&self, consumer: &str, apply: &mut F) -> Result<(), BusError>
+    async fn consume_once<F, Fut, E, B>(
+        &self,
+        consumer: &str,
+        apply: &mut F,
+        isolated: &mut B,
+    ) -> Result<(), BusError>
     where
         F: FnMut(Vec<PumpEvent>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
+        B: FnMut(BadStream),
     {
         // A dedicated connection: XREADGROUP BLOCK would stall every other command sharing a
         // multiplexed one. Its id lets `watch_events` unblock it.
@@ -387,10 +430,19 @@ impl Bus {
         // Reading starts after a gap (see `read_window`): the first read that catches up marks
         // where it ends.
         let mut resuming = true;
+        // When each stream was last made again after it vanished or lost its group.
+        let mut remade = Remade::default();
         self.watched.horizon.store(0, Ordering::SeqCst);
         loop {
             let generation = self.watched.generation.load(Ordering::SeqCst);
-            let streams = self.watched.streams.lock().expect("watched lock").clone();
+            let streams: BTreeMap<String, String> = {
+                let all = lock(&self.watched.streams);
+                let bad = lock(&self.watched.bad);
+                all.iter()
+                    .filter(|(k, _)| !bad.contains_key(*k))
+                    .map(|(k, f)| (k.clone(), f.clone()))
+                    .collect()
+            };
             self.watched
                 .read_generation
                 .store(generation, Ordering::SeqCst);
@@ -415,14 +467,21 @@ impl Bus {
             let reply: redis::RedisResult<Option<StreamReadReply>> =
                 conn.xread_options(&keys, &ids, &opts).await;
             let reply = match reply {
-                Ok(r) => r,
-                Err(e) if e.code() == Some("NOGROUP") => {
-                    // A stream lost its group (Redis lost its data, say): make them again.
-                    let mut admin = self.conn.clone();
-                    for key in streams.keys() {
-                        create_group(&mut admin, key).await?;
-                    }
-                    continue;
+                Ok(r) => r.map(|r| r.keys).unwrap_or_default(),
+                // An error Redis answered (not a lost connection) may be one stream's: read
+                // them one by one, so that the failing read itself names the stream, however
+                // quickly a pump changes its key afterwards.
+                Err(e) if e.code().is_some() => {
+                    tracing::debug!(error = %e, "reading pump events failed; reading each stream on its own");
+                    let one_by_one = ReadOneByOne {
+                        streams: &streams,
+                        keys: &keys,
+                        ids: &ids,
+                        consumer,
+                        remade: &mut remade,
+                    };
+                    self.read_one_by_one(&mut conn, one_by_one, isolated)
+                        .await?
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -431,7 +490,7 @@ impl Bus {
             // executions), then acknowledged stream by stream.
             let mut events = Vec::new();
             let mut read = Vec::new();
-            for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for key in reply {
                 counts.insert(key.key.clone(), key.ids.len());
                 let Some(stream_flow) = streams.get(&key.key) else {
                     continue;
@@ -470,7 +529,15 @@ impl Bus {
                 retry = Duration::from_millis(100);
             }
             for (key, done) in read.into_iter().filter(|(_, d)| !d.is_empty()) {
-                let _: i64 = conn.xack(&key, GROUP, &done).await?;
+                let acked: redis::RedisResult<i64> = conn.xack(&key, GROUP, &done).await;
+                match acked {
+                    Ok(_) => {}
+                    // The stream broke since it was read: the next read finds out how.
+                    Err(e) if e.code().is_some() => {
+                        tracing::debug!(stream = %key, error = %e, "acknowledging pump events failed")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             let mut caught_up = true;
             for (key, id) in keys.iter().zip(&ids) {
@@ -489,6 +556,149 @@ impl Bus {
             }
         }
     }
+
+    /// Reads each stream of a failed read on its own (without blocking). A stream whose read
+    /// fails because it is gone or lost the group is made again, at most [`REMADE_MAX`] times
+    /// within [`REMADE_WINDOW`]; past that, or when another type of key holds its name, it is
+    /// isolated and handed to `isolated`. Returns what the other streams held.
+    async fn read_one_by_one<B: FnMut(BadStream)>(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        read: ReadOneByOne<'_>,
+        isolated: &mut B,
+    ) -> Result<Vec<redis::streams::StreamKey>, BusError> {
+        let opts = StreamReadOptions::default()
+            .group(GROUP, read.consumer)
+            .count(READ_BATCH);
+        let mut keys = Vec::new();
+        for (key, id) in read.keys.iter().zip(read.ids) {
+            let one: redis::RedisResult<Option<StreamReadReply>> =
+                conn.xread_options(&[key], &[id], &opts).await;
+            let e = match one {
+                Ok(r) => {
+                    keys.extend(r.map(|r| r.keys).unwrap_or_default());
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let flow_id = &read.streams[*key];
+            let reason = match e.code() {
+                Some("NOGROUP") if read.remade.allow(key) => {
+                    // Gone, or without the group: Redis lost its data, or the pump deleted it.
+                    let mut admin = self.conn.clone();
+                    match create_group(&mut admin, key).await {
+                        Ok(()) => {
+                            if self.remade_log.allow(key) {
+                                tracing::warn!(stream = %key, flow_id = %flow_id, "a flow's events stream was gone or had lost its consumer group; made it again");
+                            }
+                            continue;
+                        }
+                        // Something else took its name meanwhile.
+                        Err(BusError::Command(e)) if e.code() == Some("WRONGTYPE") => {
+                            not_a_stream(key, &e)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some("NOGROUP") => format!(
+                    "the flow's events stream `{key}` was deleted, or lost its consumer group, more than {REMADE_MAX} times within {}s",
+                    REMADE_WINDOW.as_secs()
+                ),
+                Some("WRONGTYPE") => not_a_stream(key, &e),
+                // Not about one stream (a permission, Redis loading): the whole read fails.
+                _ => return Err(e.into()),
+            };
+            isolated(self.isolate(key, flow_id, reason));
+        }
+        Ok(keys)
+    }
+
+    /// Leaves `stream` out of every read until the flow's next start, and says so.
+    fn isolate(&self, stream: &str, flow_id: &str, reason: String) -> BadStream {
+        let bad = BadStream {
+            stream: stream.to_string(),
+            flow_id: flow_id.to_string(),
+            reason,
+            since_ms: crate::store::now_ms(),
+        };
+        lock(&self.watched.bad).insert(stream.to_string(), bad.clone());
+        // Once per isolation: the stream is not read again before the flow's next start.
+        tracing::error!(stream, flow_id, reason = %bad.reason, "stopped reading a flow's events stream; the other flows' events are read as before, the flow goes to `error`, and its next start makes the stream again");
+        bad
+    }
+
+    /// The events streams left out of the reads, and why (see [`Bus::consume_events`]).
+    pub fn bad_streams(&self) -> Vec<BadStream> {
+        lock(&self.watched.bad).values().cloned().collect()
+    }
+
+    /// Whether `stream` is left out of the reads.
+    pub fn is_isolated(&self, stream: &str) -> bool {
+        lock(&self.watched.bad).contains_key(stream)
+    }
+}
+
+/// A flow's events stream the reader stopped reading because it cannot be read.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BadStream {
+    pub stream: String,
+    pub flow_id: String,
+    /// What is wrong with it, naming the stream.
+    pub reason: String,
+    /// When it was isolated (ms since the epoch).
+    pub since_ms: i64,
+}
+
+/// What [`Bus::read_one_by_one`] reads.
+struct ReadOneByOne<'a> {
+    streams: &'a BTreeMap<String, String>,
+    keys: &'a [&'a String],
+    ids: &'a [&'a str],
+    consumer: &'a str,
+    remade: &'a mut Remade,
+}
+
+/// A stream may be made again this many times within [`REMADE_WINDOW`]; a pump that keeps
+/// deleting its own stream gets it isolated instead of failing every read.
+const REMADE_MAX: usize = 3;
+const REMADE_WINDOW: Duration = Duration::from_secs(60);
+
+/// When each stream was last made again.
+#[derive(Default)]
+struct Remade(std::collections::HashMap<String, Vec<std::time::Instant>>);
+
+impl Remade {
+    /// Whether `stream` may be made again now; if so, it counts.
+    fn allow(&mut self, stream: &str) -> bool {
+        let now = std::time::Instant::now();
+        self.0
+            .retain(|_, times| times.last().is_some_and(|t| now - *t < REMADE_WINDOW));
+        let times = self.0.entry(stream.to_string()).or_default();
+        times.retain(|t| now - *t < REMADE_WINDOW);
+        if times.len() >= REMADE_MAX {
+            return false;
+        }
+        times.push(now);
+        true
+    }
+}
+
+fn not_a_stream(stream: &str, e: &redis::RedisError) -> String {
+    format!("the flow's events stream `{stream}` holds another type of key than a stream ({e})")
+}
+
+/// Deletes a key of another type than a stream at `stream`'s name, so the stream can be made.
+async fn remove_foreign_key(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    flow_id: &str,
+) -> Result<(), BusError> {
+    let kind: String = redis::cmd("TYPE").arg(stream).query_async(conn).await?;
+    if kind != "stream" && kind != "none" {
+        tracing::warn!(stream, flow_id, kind, "deleting the key of another type that holds a flow's events stream's name, to make the stream again");
+        let _: i64 = conn.del(stream).await?;
+    }
+    Ok(())
 }
 
 /// Clears the reader's client id when the reader ends, however it ends.
@@ -517,6 +727,8 @@ async fn create_group(conn: &mut ConnectionManager, stream: &str) -> Result<(), 
 #[derive(Default)]
 struct Watched {
     streams: Mutex<BTreeMap<String, String>>,
+    /// Streams left out of the reads until their flow's next start, by stream key.
+    bad: Mutex<BTreeMap<String, BadStream>>,
     generation: AtomicU64,
     /// The generation of the set the reader's current read uses.
     read_generation: AtomicU64,
@@ -586,6 +798,16 @@ mod tests {
         assert!(super::stream_id("1700000000001-0") > super::stream_id("1700000000000-99"));
         assert_eq!(super::stream_id("0-0"), None);
         assert_eq!(super::stream_id("garbage"), None);
+    }
+
+    #[test]
+    fn a_stream_is_made_again_a_few_times_a_window_then_no_more() {
+        let mut remade = super::Remade::default();
+        for _ in 0..super::REMADE_MAX {
+            assert!(remade.allow("s1"));
+        }
+        assert!(!remade.allow("s1"), "a pump that keeps deleting its stream");
+        assert!(remade.allow("s2"), "streams count on their own");
     }
 
     #[test]

@@ -30,9 +30,9 @@ pub enum PumpUsersError {
     PumpUrl { url: String },
     #[error("cannot reach Redis to manage pump users: {0}; check --redis and that redis-server is running")]
     Unreachable(#[source] redis::RedisError),
-    #[error("the orchestrator's Redis user may not manage ACL users ({0}); every pump gets its own Redis user, so --redis must sign in as a user allowed the `acl` and `info` commands (an admin)")]
+    #[error("the orchestrator's Redis user may not manage ACL users ({0}); every pump gets its own Redis user, so --redis must sign in as a user allowed the `acl`, `info` and `client` commands (an admin)")]
     NotAdmin(#[source] redis::RedisError),
-    #[error("Redis refused to {action} the pump user of flow {flow_id}: {source}; check that the orchestrator's Redis user may run ACL commands")]
+    #[error("Redis refused to {action} the pump user of flow {flow_id}: {source}; check that the orchestrator's Redis user may run ACL and CLIENT commands")]
     Command {
         action: &'static str,
         flow_id: String,
@@ -147,7 +147,8 @@ impl PumpUsers {
 
     /// Creates or replaces the flow's user: signs in with any password whose hash is in
     /// `hashes`, and only while `enabled`. Connections already signed in stay (Redis keeps
-    /// them across `ACL SETUSER`), so a running pump is not disturbed.
+    /// them across `ACL SETUSER`, even when their password is gone or the user is off), so a
+    /// running pump is not disturbed; [`PumpUsers::close_connections`] closes them.
     pub async fn apply(
         &self,
         tenant_id: &str,
@@ -161,6 +162,15 @@ impl PumpUsers {
             cmd.arg(rule);
         }
         self.run(cmd, "set up", flow_id).await
+    }
+
+    /// Closes every connection signed in as the flow's user (`CLIENT KILL USER`), whatever
+    /// password it signed in with: a password change alone leaves them open. The user must
+    /// exist.
+    pub async fn close_connections(&self, flow_id: &str) -> Result<(), PumpUsersError> {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("KILL").arg("USER").arg(Self::user_name(flow_id));
+        self.run(cmd, "close the connections of", flow_id).await
     }
 
     /// Deletes the flow's user; Redis closes the connections signed in as it. A user that is

@@ -4,37 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use pumphouse_e2e::{manifest, Backend, TestApp, TestFlow, DEADLINE};
+use pumphouse_e2e::{manifest, unique, Backend, TestApp, TestFlow, DEADLINE};
 use serde_json::{json, Value};
 
 const STEPS: &str = "    - set: {key: seen, value: '{{payload}}'}\n    - respond: {ok: true}\n";
 
 /// The `REDIS_URL` the flow's running pump was given.
 async fn pump_redis_url(app: &TestApp, flow: &TestFlow) -> String {
-    let env: Vec<String> = match app.backend {
-        Backend::Docker => app
-            .container(flow)
-            .await
-            .and_then(|c| c.config)
-            .and_then(|c| c.env)
-            .expect("the pump container has an env"),
-        Backend::Process => {
-            let (_, s) = app.get(&format!("/api/flows/{}/status", flow.id)).await;
-            let pid = s["pump"]["pump_ref"]
-                .as_str()
-                .and_then(|r| r.strip_prefix("pid:"))
-                .unwrap_or_else(|| panic!("a process pump has a pid: {s:#}"))
-                .to_string();
-            let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("the pump's environ");
-            raw.split(|b| *b == 0)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .collect()
-        }
-    };
-    env.iter()
-        .find_map(|v| v.strip_prefix("REDIS_URL="))
-        .expect("the pump has REDIS_URL")
-        .to_string()
+    app.pump_var(flow, "REDIS_URL").await
 }
 
 async fn connect(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
@@ -344,4 +321,229 @@ async fn a_pump_refused_sign_in_after_a_redis_restart_keeps_trying_until_its_use
         before,
         "the same pump, adopted rather than replaced or restarted"
     );
+}
+
+/// The pump's process id, from its `pump_ref` (process backend).
+async fn pump_pid(app: &TestApp, flow: &TestFlow) -> u32 {
+    let (_, s) = app.get(&format!("/api/flows/{}/status", flow.id)).await;
+    s["pump"]["pump_ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("pid:"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a process pump has a pid: {s:#}"))
+}
+
+/// Waits until the flow runs a pump instance other than `old` and returns the new one's id.
+async fn wait_new_instance(app: &TestApp, flow: &TestFlow, old: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let (_, s) = app.get(&format!("/api/flows/{}/status", flow.id)).await;
+        let instance = s["pump"]["instance_id"].as_str().unwrap_or_default();
+        if s["status"] == "running" && !instance.is_empty() && instance != old {
+            return instance.to_string();
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the flow never ran a new pump: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// What a pump left running by a killed orchestrator holds: a subscription to its trigger
+/// channel, signed in with its password. Waits until Redis closes it, and fails the test if it
+/// stays open past the deadline.
+async fn assert_closed(pubsub: redis::aio::PubSub, why: &str) {
+    use futures_util::StreamExt as _;
+    let mut messages = pubsub.into_on_message();
+    // Triggers for the new pump reach it too while it is open; it ends when Redis closes it.
+    let ended =
+        tokio::time::timeout(DEADLINE, async { while messages.next().await.is_some() {} }).await;
+    assert!(
+        ended.is_ok(),
+        "{why}: a connection signed in with an earlier pump's password is still open"
+    );
+}
+
+async fn subscribe(url: &str, flow: &TestFlow) -> redis::aio::PubSub {
+    let mut pubsub = redis::Client::open(url)
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .expect("the pump's password signs in");
+    pubsub
+        .subscribe(pumphouse_pump::channels::trigger(&flow.id))
+        .await
+        .expect("the pump may subscribe to its trigger channel");
+    pubsub
+}
+
+/// Issue 12, point 5: changing a user's password (or switching it off) leaves its connections
+/// open, so a pump orphaned by a killed orchestrator stayed subscribed and kept running every
+/// trigger beside its replacement. A new pump now closes the connections of the earlier ones,
+/// and so does parking a flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pump_closes_the_redis_connections_signed_in_with_an_earlier_pumps_password() {
+    let app = TestApp::spawn(Backend::Process).await;
+    let flow = app
+        .create_flow(&manifest(&unique("replaced"), "keepAlive: true\n", STEPS))
+        .await;
+    app.start(&flow).await;
+    let s = app.wait_status(&flow, "running").await;
+    let first = s["pump"]["instance_id"].as_str().unwrap().to_string();
+    let url = pump_redis_url(&app, &flow).await;
+    let orphan = subscribe(&url, &flow).await;
+    let mut plain = connect(&url).await.unwrap();
+
+    // The pump crashes; the leader restarts the flow with a new pump and a new password.
+    pumphouse_e2e::signal(pump_pid(&app, &flow).await, "KILL");
+    wait_new_instance(&app, &flow, &first).await;
+    assert_closed(orphan, "after a crash restart").await;
+    let ping = redis::cmd("PING").query_async::<String>(&mut plain).await;
+    assert!(
+        ping.is_err(),
+        "the plain connection still answers: {ping:?}"
+    );
+    assert_refused(&url, "an earlier pump's password").await;
+    // The new pump kept its own connections.
+    let done = run_webhook(&app, &flow, json!({"n": 1})).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+
+    // A flow scaled to zero: its user is switched off, and what is signed in is closed.
+    let napper = app
+        .create_flow(&manifest(&unique("napper"), "idleTimeout: 1s\n", STEPS))
+        .await;
+    app.start(&napper).await;
+    app.wait_status(&napper, "running").await;
+    let orphan = subscribe(&pump_redis_url(&app, &napper).await, &napper).await;
+    app.wait_status(&napper, "idle").await;
+    assert_closed(orphan, "after scaling to zero").await;
+    let done = run_webhook(&app, &napper, json!({"n": 2})).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+}
+
+/// Waits until `flow` (of the tenant holding `token`) has status `want` and returns it.
+async fn wait_status_as(app: &TestApp, token: &str, flow: &TestFlow, want: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let path = format!("/api/flows/{}/status", flow.id);
+        let (_, s) = app
+            .call_as(Some(token), reqwest::Method::GET, &path, "")
+            .await;
+        if s["status"] == want {
+            return s;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "flow {} never became {want}: {s:#}",
+            flow.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 12, point 3: one pump could stop event processing for every flow by putting a string
+/// where its events stream was: the leader's one read over all streams failed with WRONGTYPE,
+/// every other tenant's webhook timed out, and `/readyz` said nothing. The stream now costs
+/// only its own flow, which goes to `error` naming it, and its next start makes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pump_that_breaks_its_events_stream_costs_only_its_own_flow() {
+    let app = TestApp::spawn(Backend::Process).await;
+    // The victim belongs to another tenant.
+    let (status, body) = app
+        .post("/api/tenants", &json!({"id": unique("acme")}).to_string())
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let acme = body["api_token"].as_str().unwrap().to_string();
+    let (status, body) = app
+        .call_as(
+            Some(&acme),
+            reqwest::Method::POST,
+            "/api/flows",
+            &manifest(&unique("victim"), "keepAlive: true\n", STEPS),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let victim = TestFlow {
+        id: body["flow"]["id"].as_str().unwrap().to_string(),
+        name: body["flow"]["name"].as_str().unwrap().to_string(),
+        token: body["webhook_token"].as_str().unwrap().to_string(),
+    };
+    let hostile = app
+        .create_flow(&manifest(&unique("hostile"), "keepAlive: true\n", STEPS))
+        .await;
+    let start = format!("/api/flows/{}/start", victim.id);
+    let (status, body) = app
+        .call_as(Some(&acme), reqwest::Method::POST, &start, "")
+        .await;
+    assert!(status == 200 || status == 202, "{body}");
+    app.start(&hostile).await;
+    wait_status_as(&app, &acme, &victim, "running").await;
+    app.wait_status(&hostile, "running").await;
+    let webhook = |n: u32| {
+        let path = format!(
+            "/api/triggers/{}/webhook/{}?wait=5s",
+            victim.id, victim.token
+        );
+        let app = &app;
+        async move { app.post(&path, &json!({ "n": n }).to_string()).await }
+    };
+    let (status, answer) = webhook(0).await;
+    assert_eq!(status, 200, "before: {answer}");
+
+    // With the hostile pump's own credentials: its stream becomes a string, again and again.
+    let stream = pumphouse_pump::channels::events_stream("default", &hostile.id);
+    let mut pump = connect(&pump_redis_url(&app, &hostile).await)
+        .await
+        .unwrap();
+    assert_eq!(code(&mut pump, &["DEL", &stream]).await, "OK");
+    assert_eq!(code(&mut pump, &["SET", &stream, "x"]).await, "OK");
+    let vandal = tokio::spawn({
+        let stream = stream.clone();
+        async move {
+            // Until its user is gone and Redis closed the connection.
+            while code(&mut pump, &["DEL", &stream]).await == "OK"
+                && code(&mut pump, &["SET", &stream, "x"]).await == "OK"
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+
+    // The other tenant's flow is not held up.
+    for n in 1..=3 {
+        let (status, answer) = webhook(n).await;
+        assert_eq!(status, 200, "trigger {n} after the stream broke: {answer}");
+        assert_eq!(answer["output"], json!({"ok": true}), "{answer}");
+    }
+    // The hostile flow is in error, naming its stream, and so is /readyz.
+    let s = app.wait_status(&hostile, "error").await;
+    let reason = s["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&stream),
+        "the reason names the stream: {s:#}"
+    );
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, 200, "the other flows are fine: {ready:#}");
+    let bad = ready["events"]["bad_streams"].as_array().cloned();
+    assert!(
+        bad.iter()
+            .flatten()
+            .any(|b| b["stream"] == stream.as_str() && b["flow_id"] == hostile.id.as_str()),
+        "/readyz names the stream: {ready:#}"
+    );
+    tokio::time::timeout(DEADLINE, vandal)
+        .await
+        .expect("the hostile pump's connection was closed")
+        .unwrap();
+
+    // Its next start makes the stream again, and it runs triggers.
+    app.start(&hostile).await;
+    app.wait_status(&hostile, "running").await;
+    let done = run_webhook(&app, &hostile, json!({"n": "again"})).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let (_, ready) = app.get("/readyz").await;
+    assert_eq!(ready["events"]["bad_streams"], json!([]), "{ready:#}");
+    let (status, answer) = webhook(4).await;
+    assert_eq!(status, 200, "{answer}");
 }

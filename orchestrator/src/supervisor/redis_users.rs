@@ -10,6 +10,16 @@
 //! makes a new one is known only after the start. So a launch that may restart a parked pump
 //! allows both the old and the new password, and drops the one the pump does not hold as soon
 //! as the backend answers.
+//!
+//! Changing a user's passwords leaves the connections signed in as it open, so a pump left
+//! running by a killed orchestrator (or one that hung) would keep its subscription and run
+//! every trigger beside its replacement. So each launch closes every connection of the flow's
+//! user once the new password is set and before the new pump starts: none of them can be the
+//! new pump's. That is right for a wake that may restart a parked pump too: a parked pump is
+//! not running, so it holds no connection to lose. (The other way, a Redis user per instance,
+//! would close them by deleting the old user, but would change the user's name on every start
+//! while a woken Docker pump keeps the name it was created with, and would make the leader's
+//! sync of users track instances; `CLIENT KILL USER` keeps one user per flow.)
 
 use std::time::{Duration, Instant};
 
@@ -43,7 +53,16 @@ impl Supervisor {
             Err(SupervisorError::PumpUser(e)) if e.is_unreachable() => {
                 tracing::warn!(flow_id = %flow.id, error = %e, "Redis is unreachable: the pump's Redis user is created when it is back");
             }
-            other => other?,
+            Err(e) => return Err(e),
+            // Earlier pumps lose their connections (see the module's doc); the new pump does
+            // not exist yet. A refusal fails the launch rather than leave an old pump running
+            // triggers beside the new one.
+            Ok(()) => match self.pump_users.close_connections(&flow.id).await {
+                Err(e) if e.is_unreachable() => {
+                    tracing::warn!(flow_id = %flow.id, error = %e, "closing the Redis connections of the flow's earlier pumps failed: Redis is unreachable");
+                }
+                other => other?,
+            },
         }
         Ok(previous)
     }
@@ -65,15 +84,21 @@ impl Supervisor {
         Ok(())
     }
 
-    /// The flow was parked: its pump's password no longer signs in until the flow is woken.
-    /// A failure is logged; the leader's next sync of pump users repairs it.
+    /// The flow was parked: its pump's password no longer signs in until the flow is woken,
+    /// and what is still signed in is closed (switching a user off leaves its connections
+    /// open; the parked pump holds none). A failure is logged; the leader's next sync of pump
+    /// users repairs the user, and the wake closes the connections.
     pub(super) async fn disable_pump_user(&self, flow_id: &str) {
         let result = match self.store.pump_credentials(flow_id).await {
-            Ok(Some(c)) => self
-                .pump_users
-                .apply(&c.tenant_id, flow_id, &c.password_hashes, false)
-                .await
-                .map_err(SupervisorError::from),
+            Ok(Some(c)) => {
+                let users = &self.pump_users;
+                let off = users.apply(&c.tenant_id, flow_id, &c.password_hashes, false);
+                match off.await {
+                    Ok(()) => users.close_connections(flow_id).await,
+                    Err(e) => Err(e),
+                }
+                .map_err(SupervisorError::from)
+            }
             Ok(None) => Ok(()),
             Err(e) => Err(e.into()),
         };
