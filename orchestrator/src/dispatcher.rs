@@ -22,15 +22,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use pumphouse_pump::Trigger;
+use pumphouse_pump::{PumpEvent, Trigger};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Bus;
 use crate::flow_locks::FlowLocks;
+use crate::locking::lock;
+use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 use crate::store::{
-    now_ms, ExecutionRecord, ExecutionReport, FlowRecord, NewExecution, Store, StoreError,
+    now_ms, ExecutionRecord, ExecutionReport, FlowRecord, NewExecution, Recorder, Store, StoreError,
 };
 
 /// The most triggers one group commit writes. Past a few hundred the commit is no cheaper per
@@ -56,6 +58,9 @@ struct FlowQueue {
     open: bool,
     /// Unacknowledged triggers by sequence number.
     entries: BTreeMap<i64, Entry>,
+    /// The highest sequence number other replicas had recorded for the flow when this leader
+    /// last loaded its waiting triggers (see [`crate::store::Store::record_executions`]).
+    loaded_elsewhere: i64,
 }
 
 #[derive(Default)]
@@ -97,51 +102,108 @@ pub enum Outcome {
 /// for [`Dispatcher::apply_reports`].
 #[derive(Default)]
 pub struct Reports {
-    /// One per execution, in the order first reported.
+    /// One per execution and reporting flow, in the order first reported.
     reports: Vec<ExecutionReport>,
     /// How each ended, if it did, for whoever waits on it (by the same index).
     outcomes: Vec<Option<Outcome>>,
-    /// Execution id -> index.
-    index: HashMap<String, usize>,
+    /// (Reporting flow, execution id) -> index. Keyed by the flow too: a pump naming another
+    /// flow's execution must not be folded into what that flow's own pump reports.
+    index: HashMap<(String, String), usize>,
 }
 
 impl Reports {
-    fn entry(&mut self, id: &str) -> usize {
-        if let Some(&i) = self.index.get(id) {
-            return i;
+    /// Folds what one read of events says about executions; the other events (about the
+    /// pumps themselves) come back in order. Each event's flow must be its stream's (the bus
+    /// drops the others), since a report changes only that flow's executions.
+    pub fn fold(events: Vec<PumpEvent>, at: i64) -> (Reports, Vec<PumpEvent>) {
+        let mut reports = Reports::default();
+        let mut others = Vec::new();
+        for ev in events {
+            match ev {
+                PumpEvent::Ack {
+                    flow_id,
+                    trigger_id,
+                    instance_id,
+                } => reports.acked(&flow_id, &trigger_id, &instance_id, at),
+                PumpEvent::Started {
+                    flow_id,
+                    trigger_id,
+                    instance_id,
+                } => reports.started(&flow_id, &trigger_id, &instance_id, at),
+                PumpEvent::Completed {
+                    flow_id,
+                    trigger_id,
+                    instance_id,
+                    output,
+                } => reports.ended(
+                    &flow_id,
+                    &trigger_id,
+                    &instance_id,
+                    Outcome::Completed(output),
+                    at,
+                ),
+                PumpEvent::Failed {
+                    flow_id,
+                    trigger_id,
+                    instance_id,
+                    error,
+                } => reports.ended(
+                    &flow_id,
+                    &trigger_id,
+                    &instance_id,
+                    Outcome::Failed(error),
+                    at,
+                ),
+                other => others.push(other),
+            }
         }
-        self.index.insert(id.to_string(), self.reports.len());
-        self.reports.push(ExecutionReport {
-            id: id.to_string(),
-            ..ExecutionReport::default()
-        });
-        self.outcomes.push(None);
-        self.reports.len() - 1
+        (reports, others)
+    }
+
+    /// The folded reports, as the store applies them.
+    pub fn as_store_reports(&self) -> &[ExecutionReport] {
+        &self.reports
+    }
+
+    fn entry(&mut self, flow_id: &str, id: &str, instance_id: &str) -> &mut ExecutionReport {
+        let key = (flow_id.to_string(), id.to_string());
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.index.insert(key, self.reports.len());
+                self.reports.push(ExecutionReport {
+                    id: id.to_string(),
+                    flow_id: flow_id.to_string(),
+                    ..ExecutionReport::default()
+                });
+                self.outcomes.push(None);
+                self.reports.len() - 1
+            }
+        };
+        let r = &mut self.reports[i];
+        r.instance_id = Some(instance_id.to_string());
+        r
     }
 
     /// The pump instance has the trigger.
-    pub fn acked(&mut self, id: &str, instance_id: &str, at: i64) {
-        let i = self.entry(id);
-        let r = &mut self.reports[i];
+    pub fn acked(&mut self, flow_id: &str, id: &str, instance_id: &str, at: i64) {
+        let r = self.entry(flow_id, id, instance_id);
         r.acked_at = Some(r.acked_at.unwrap_or(at));
-        r.instance_id = Some(instance_id.to_string());
     }
 
     /// The pump instance started running it.
-    pub fn started(&mut self, id: &str, instance_id: &str, at: i64) {
-        let i = self.entry(id);
-        let r = &mut self.reports[i];
+    pub fn started(&mut self, flow_id: &str, id: &str, instance_id: &str, at: i64) {
+        let r = self.entry(flow_id, id, instance_id);
         r.started_at = Some(r.started_at.unwrap_or(at));
-        r.instance_id = Some(instance_id.to_string());
     }
 
     /// It ended; the first outcome reported stands.
-    pub fn ended(&mut self, id: &str, outcome: Outcome, at: i64) {
-        let i = self.entry(id);
-        if self.outcomes[i].is_some() {
+    pub fn ended(&mut self, flow_id: &str, id: &str, instance_id: &str, outcome: Outcome, at: i64) {
+        let r = self.entry(flow_id, id, instance_id);
+        if r.finished.is_some() {
             return;
         }
-        self.reports[i].finished = Some((
+        r.finished = Some((
             match &outcome {
                 Outcome::Completed(v) => Ok(v.to_string()),
                 // PostgreSQL refuses NUL in text, and a pump's message may hold one.
@@ -149,6 +211,7 @@ impl Reports {
             },
             at,
         ));
+        let i = self.index[&(flow_id.to_string(), id.to_string())];
         self.outcomes[i] = Some(outcome);
     }
 }
@@ -171,6 +234,8 @@ pub struct Dispatcher {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
     /// To the writer task that records new triggers (see the module doc).
     intake: mpsc::UnboundedSender<Intake>,
+    /// Refused pump reports are logged at most once a minute per flow.
+    refusal_log: LogGate,
 }
 
 /// A trigger waiting for the writer.
@@ -216,6 +281,7 @@ impl Dispatcher {
             flow_locks: FlowLocks::default(),
             waiters: Mutex::new(HashMap::new()),
             intake,
+            refusal_log: LogGate::new(Duration::from_secs(60)),
         });
         tokio::spawn(write_triggers(Arc::downgrade(&dispatcher), waiting));
         dispatcher
@@ -224,7 +290,7 @@ impl Dispatcher {
     /// Reloads unacknowledged triggers from the store, held until their flow's gate opens.
     pub async fn load(&self) -> Result<usize, StoreError> {
         let unacked = self.store.unacked_executions().await?;
-        let mut q = self.queues.lock().expect("queues lock");
+        let mut q = lock(&self.queues);
         for e in &unacked {
             q.insert(&e.flow_id, entry_from(e));
         }
@@ -256,7 +322,7 @@ impl Dispatcher {
     /// Takes back executions a pump held and never finished (see `Store::requeue_instance`);
     /// they are held until the flow's gate opens again.
     pub fn requeue(&self, executions: &[ExecutionRecord]) {
-        let mut q = self.queues.lock().expect("queues lock");
+        let mut q = lock(&self.queues);
         for e in executions {
             q.insert(&e.flow_id, entry_from(e));
         }
@@ -314,8 +380,21 @@ impl Dispatcher {
     /// sequence order.
     async fn commit_group(&self, group: Vec<Intake>) {
         let rows: Vec<&NewExecution> = group.iter().map(|i| &i.row).collect();
-        let mut recorded: Vec<(i64, Intake)> = match self.store.insert_executions(&rows).await {
-            Ok(seqs) => seqs.into_iter().zip(group).collect(),
+        let recorder = if group.iter().all(|i| i.send) {
+            Recorder::Leader
+        } else {
+            Recorder::Elsewhere
+        };
+        let mut elsewhere: HashMap<String, i64> = HashMap::new();
+        let mut recorded: Vec<(i64, Intake)> = match self
+            .store
+            .record_executions(&rows, recorder)
+            .await
+        {
+            Ok(r) => {
+                elsewhere = r.elsewhere;
+                r.seqs.into_iter().zip(group).collect()
+            }
             Err(e) if group.len() == 1 => {
                 if let Some(i) = group.into_iter().next() {
                     let _ = i.reply.send(Err(e));
@@ -331,10 +410,13 @@ impl Dispatcher {
                 for i in group {
                     match self
                         .store
-                        .insert_executions(std::slice::from_ref(&i.row))
+                        .record_executions(std::slice::from_ref(&i.row), recorder)
                         .await
                     {
-                        Ok(seqs) => recorded.push((seqs[0], i)),
+                        Ok(r) => {
+                            elsewhere.extend(r.elsewhere);
+                            recorded.push((r.seqs[0], i));
+                        }
                         Err(e) => {
                             let _ = i.reply.send(Err(e));
                         }
@@ -373,27 +455,75 @@ impl Dispatcher {
         let flows: BTreeSet<String> = to_send.iter().map(|(f, _, _)| f.clone()).collect();
         let locks: Vec<_> = flows.iter().map(|f| self.flow_locks.get(f)).collect();
         let mut guards = Vec::with_capacity(locks.len());
-        for lock in &locks {
-            guards.push(lock.lock().await);
+        for flow_lock in &locks {
+            guards.push(flow_lock.lock().await);
+        }
+        // Triggers another replica recorded before these (their commit came first: the flow's
+        // row lock orders them) and this leader has not loaded yet go first, or its own would
+        // overtake them while the other replica's note is on its way.
+        let mut behind = Vec::new();
+        for flow_id in &flows {
+            let mark = elsewhere.get(flow_id).copied().unwrap_or(0);
+            let loaded = lock(&self.queues)
+                .flows
+                .get(flow_id)
+                .map_or(0, |f| f.loaded_elsewhere);
+            if mark > loaded {
+                match self.store.unacked_for_flow(flow_id).await {
+                    Ok(rows) => behind.push((flow_id.clone(), mark, rows)),
+                    // Sent later, by the notification or the sweep; out of order, but sent.
+                    Err(e) => {
+                        tracing::warn!(flow_id = %flow_id, error = %e, "loading triggers another replica recorded failed")
+                    }
+                }
+            }
         }
         let now = now_ms();
         let publish: Vec<(String, Trigger)> = {
-            let mut q = self.queues.lock().expect("queues lock");
-            let mut publish = Vec::new();
+            let mut q = lock(&self.queues);
+            // Per flow, the lowest sequence number queued here: what is sent starts there.
+            let mut from: HashMap<String, i64> = HashMap::new();
+            let mut lowest = |flow_id: &str, seq: i64| {
+                let low = from.entry(flow_id.to_string()).or_insert(seq);
+                *low = (*low).min(seq);
+            };
+            for (flow_id, mark, rows) in behind {
+                for e in &rows {
+                    lowest(&flow_id, e.seq);
+                    q.insert(&flow_id, entry_from(e));
+                }
+                let f = q.flows.entry(flow_id).or_default();
+                f.loaded_elsewhere = f.loaded_elsewhere.max(mark);
+            }
             for (flow_id, trigger, deadline_at) in to_send {
-                let open = q.flows.get(&flow_id).is_some_and(|f| f.open);
+                lowest(&flow_id, trigger.seq);
                 q.insert(
                     &flow_id,
                     Entry {
-                        trigger: trigger.clone(),
-                        next_send_at: open.then_some(now + FIRST_RESEND_MS),
+                        trigger,
+                        next_send_at: None,
                         backoff_ms: FIRST_RESEND_MS,
                         deadline_at,
                         accepted_at: Some(std::time::Instant::now()),
                     },
                 );
-                if open {
-                    publish.push((flow_id, trigger));
+            }
+            // Through each open gate, everything not sent yet, in sequence order.
+            let mut publish = Vec::new();
+            for (flow_id, from) in from {
+                let Some(f) = q.flows.get_mut(&flow_id) else {
+                    continue;
+                };
+                if !f.open {
+                    continue;
+                }
+                for (_, e) in f
+                    .entries
+                    .range_mut(from..)
+                    .filter(|(_, e)| e.next_send_at.is_none())
+                {
+                    e.next_send_at = Some(now + FIRST_RESEND_MS);
+                    publish.push((flow_id.clone(), e.trigger.clone()));
                 }
             }
             publish
@@ -418,7 +548,7 @@ impl Dispatcher {
             return Ok(());
         }
         let open = {
-            let mut q = self.queues.lock().expect("queues lock");
+            let mut q = lock(&self.queues);
             for e in &unacked {
                 q.insert(&e.flow_id, entry_from(e));
             }
@@ -432,7 +562,7 @@ impl Dispatcher {
 
     /// Forgets every queue and gate: this replica no longer leads.
     pub fn clear(&self) {
-        *self.queues.lock().expect("queues lock") = Queues::default();
+        *lock(&self.queues) = Queues::default();
     }
 
     /// Records a trigger, then sends it if the flow's gate is open (else holds it).
@@ -458,11 +588,11 @@ impl Dispatcher {
 
     /// A ready pump listens: sends everything held for the flow, in arrival order.
     pub async fn open(&self, flow_id: &str) {
-        let lock = self.flow_locks.get(flow_id);
-        let _guard = lock.lock().await;
+        let flow_lock = self.flow_locks.get(flow_id);
+        let _guard = flow_lock.lock().await;
         let now = now_ms();
         let held: Vec<Trigger> = {
-            let mut q = self.queues.lock().expect("queues lock");
+            let mut q = lock(&self.queues);
             let f = q.flows.entry(flow_id.to_string()).or_default();
             f.open = true;
             f.entries
@@ -486,7 +616,7 @@ impl Dispatcher {
     /// The flow's pump is gone or going: hold its triggers from now on. What was sent and not
     /// acknowledged is sent again to the next pump.
     pub fn close(&self, flow_id: &str) {
-        let mut q = self.queues.lock().expect("queues lock");
+        let mut q = lock(&self.queues);
         if let Some(f) = q.flows.get_mut(flow_id) {
             f.open = false;
             for e in f.entries.values_mut() {
@@ -498,11 +628,7 @@ impl Dispatcher {
 
     /// A pump has the trigger: stop sending it.
     pub fn acknowledged(&self, execution_id: &str) {
-        let entry = self
-            .queues
-            .lock()
-            .expect("queues lock")
-            .remove(execution_id);
+        let entry = lock(&self.queues).remove(execution_id);
         if let Some(at) = entry.and_then(|e| e.accepted_at) {
             self.metrics.delivery.observe(at.elapsed().as_secs_f64());
         }
@@ -510,9 +636,7 @@ impl Dispatcher {
 
     /// Triggers waiting for an acknowledgement, by flow.
     pub fn pending_by_flow(&self) -> Vec<(String, usize)> {
-        self.queues
-            .lock()
-            .expect("queues lock")
+        lock(&self.queues)
             .flows
             .iter()
             .map(|(id, f)| (id.clone(), f.entries.len()))
@@ -521,14 +645,12 @@ impl Dispatcher {
 
     /// How many triggers wait for an acknowledgement, in all flows.
     pub fn pending(&self) -> usize {
-        self.queues.lock().expect("queues lock").index.len()
+        lock(&self.queues).index.len()
     }
 
     /// Whether the flow has triggers no pump acknowledged yet.
     pub fn has_pending(&self, flow_id: &str) -> bool {
-        self.queues
-            .lock()
-            .expect("queues lock")
+        lock(&self.queues)
             .flows
             .get(flow_id)
             .is_some_and(|f| !f.entries.is_empty())
@@ -536,9 +658,7 @@ impl Dispatcher {
 
     /// Whether the flow's gate is open (a ready pump listens).
     pub fn is_open(&self, flow_id: &str) -> bool {
-        self.queues
-            .lock()
-            .expect("queues lock")
+        lock(&self.queues)
             .flows
             .get(flow_id)
             .is_some_and(|f| f.open)
@@ -546,9 +666,7 @@ impl Dispatcher {
 
     /// Flows whose gate is open.
     pub fn open_flows(&self) -> Vec<String> {
-        self.queues
-            .lock()
-            .expect("queues lock")
+        lock(&self.queues)
             .flows
             .iter()
             .filter(|(_, f)| f.open)
@@ -558,9 +676,7 @@ impl Dispatcher {
 
     /// Flows whose gate is closed while triggers wait: they need a pump.
     pub fn held_flows(&self) -> Vec<String> {
-        self.queues
-            .lock()
-            .expect("queues lock")
+        lock(&self.queues)
             .flows
             .iter()
             .filter(|(_, f)| !f.open && !f.entries.is_empty())
@@ -571,7 +687,7 @@ impl Dispatcher {
     /// Stops sending a flow's triggers and marks them failed with `reason`.
     pub async fn fail_flow(&self, flow_id: &str, reason: &str) -> Result<(), StoreError> {
         let ids: Vec<String> = {
-            let mut q = self.queues.lock().expect("queues lock");
+            let mut q = lock(&self.queues);
             let ids: Vec<String> = q
                 .flows
                 .get(flow_id)
@@ -592,6 +708,9 @@ impl Dispatcher {
     /// Applies what pumps reported about executions, read together, in one store transaction:
     /// what they acknowledged stops being sent at once (before the write: a re-send meanwhile
     /// would only be de-duplicated by the pump), and whoever waits on one that ended is told.
+    /// A report about an execution the reporting pump was never given changes nothing: it is
+    /// counted in `pumphouse_pump_reports_refused_total` and logged (at most once a minute
+    /// per flow).
     pub async fn apply_reports(&self, reports: Reports) -> Result<(), StoreError> {
         let Reports {
             reports, outcomes, ..
@@ -600,22 +719,48 @@ impl Dispatcher {
             return Ok(());
         }
         {
-            let mut q = self.queues.lock().expect("queues lock");
+            let mut q = lock(&self.queues);
             for r in &reports {
+                // Only the reporting flow's own trigger: another flow's stays queued.
+                let ours = q.index.get(&r.id).is_some_and(|(f, _)| *f == r.flow_id);
+                if !ours {
+                    continue;
+                }
                 if let Some(at) = q.remove(&r.id).and_then(|e| e.accepted_at) {
                     self.metrics.delivery.observe(at.elapsed().as_secs_f64());
                 }
             }
         }
-        for ((flow_id, status), n) in self.store.apply_reports(&reports).await? {
+        let applied = self.store.apply_reports(&reports).await?;
+        for ((flow_id, status), n) in &applied.ended {
             self.metrics
                 .executions
                 .with_label_values(&[flow_id.as_str(), status.as_str()])
-                .inc_by(n);
+                .inc_by(*n);
         }
-        let mut waiters = self.waiters.lock().expect("waiters lock");
+        for refused in &applied.refused {
+            self.metrics
+                .pump_reports_refused
+                .with_label_values(&[refused.flow_id.as_str(), refused.reason.label()])
+                .inc();
+            if self.refusal_log.allow(&refused.flow_id) {
+                tracing::warn!(
+                    flow_id = %refused.flow_id,
+                    execution_id = %refused.execution_id,
+                    reason = refused.reason.label(),
+                    "refused a pump's report about an execution it was not given (further ones for this flow are counted, and logged at most once a minute)"
+                );
+            }
+        }
+        let mut waiters = lock(&self.waiters);
         for (r, outcome) in reports.iter().zip(outcomes) {
             let Some(outcome) = outcome else { continue };
+            if !applied
+                .ended_ids
+                .contains(&(r.flow_id.clone(), r.id.clone()))
+            {
+                continue;
+            }
             for w in waiters.remove(&r.id).into_iter().flatten() {
                 let _ = w.send(outcome.clone());
             }
@@ -625,10 +770,7 @@ impl Dispatcher {
 
     /// Records how an execution ended (unless it had ended already) and tells whoever waits.
     pub async fn finish(&self, execution_id: &str, outcome: Outcome) -> Result<(), StoreError> {
-        self.queues
-            .lock()
-            .expect("queues lock")
-            .remove(execution_id);
+        lock(&self.queues).remove(execution_id);
         let output;
         let result = match &outcome {
             Outcome::Completed(v) => {
@@ -652,11 +794,7 @@ impl Dispatcher {
                 .with_label_values(&[flow_id.as_str(), status])
                 .inc();
         }
-        let waiters = self
-            .waiters
-            .lock()
-            .expect("waiters lock")
-            .remove(execution_id);
+        let waiters = lock(&self.waiters).remove(execution_id);
         for w in waiters.into_iter().flatten() {
             let _ = w.send(outcome.clone());
         }
@@ -680,9 +818,7 @@ impl Dispatcher {
         timeout: Duration,
     ) -> Result<Option<Outcome>, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.waiters
-            .lock()
-            .expect("waiters lock")
+        lock(&self.waiters)
             .entry(execution_id.to_string())
             .or_default()
             .push(tx);
@@ -712,7 +848,7 @@ impl Dispatcher {
 
     /// Drops the senders of waiters that gave up.
     fn prune_waiters(&self, execution_id: &str) {
-        let mut waiters = self.waiters.lock().expect("waiters lock");
+        let mut waiters = lock(&self.waiters);
         if let Some(list) = waiters.get_mut(execution_id) {
             list.retain(|s| !s.is_closed());
             if list.is_empty() {
@@ -746,7 +882,7 @@ impl Dispatcher {
         let mut resend = Vec::new();
         let mut expired = Vec::new();
         {
-            let mut q = self.queues.lock().expect("queues lock");
+            let mut q = lock(&self.queues);
             for (flow_id, f) in q.flows.iter_mut() {
                 for e in f.entries.values_mut() {
                     if e.deadline_at <= now {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::bus::Bus;
 use crate::dispatcher::Dispatcher;
+use crate::locking::lock;
 use crate::store::{now_ms, Dialect, Store, SUPERVISOR_LEASE};
 use crate::supervisor::Supervisor;
 
@@ -94,6 +95,7 @@ impl Leadership {
     async fn lead(&self) {
         tracing::info!(holder = %self.holder, fence = ?self.supervisor.fence(), "leading: running the supervision loops");
         self.leading.store(true, Ordering::SeqCst);
+        self.supervisor.set_leading(true);
         self.dispatcher.clear();
         self.supervisor.reset_liveness();
         if let Err(e) = self.dispatcher.load().await {
@@ -104,7 +106,7 @@ impl Leadership {
                 .clone()
                 .run_leader(self.bus.clone(), EVENTS_CONSUMER.to_string()),
         );
-        *self.work.lock().expect("work lock") = Some(work);
+        *lock(&self.work) = Some(work);
         // Adopt running pumps, remove orphans, restart what is gone, before anything else.
         match self.supervisor.resync().await {
             Ok(0) => {}
@@ -120,9 +122,10 @@ impl Leadership {
 
     fn follow(&self, why: &str) {
         self.supervisor.set_fence(None);
+        self.supervisor.set_leading(false);
         if self.leading.swap(false, Ordering::SeqCst) {
             tracing::warn!(holder = %self.holder, why, "no longer leading: stopping the supervision loops");
-            if let Some(work) = self.work.lock().expect("work lock").take() {
+            if let Some(work) = lock(&self.work).take() {
                 work.abort();
             }
             self.dispatcher.clear();

@@ -17,6 +17,8 @@
 //! - [`secrets`]: flow secrets sealed with AES-256-GCM under the master key.
 //! - [`leadership`]: which replica runs the supervision loops (a lease with fencing).
 //! - [`cli`] and [`client`]: the `pumphouse` command and its API client.
+//! - [`locking`]: locks on shared state that a panic cannot poison; [`log_gate`]: warnings an
+//!   untrusted pump can cause, at most one a period per flow.
 //!
 //! The pump contract itself lives in the `pumphouse-pump` crate, shared with the pumps.
 
@@ -30,6 +32,8 @@ pub mod dispatcher;
 pub mod flow_cache;
 pub mod flow_locks;
 pub mod leadership;
+pub mod locking;
+pub mod log_gate;
 pub mod manifest;
 pub mod metrics;
 pub mod pump_users;

@@ -11,6 +11,8 @@ use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::locking::lock;
+
 pub struct Metrics {
     registry: Registry,
     pub flows: IntGaugeVec,
@@ -25,6 +27,7 @@ pub struct Metrics {
     pub scale_downs: IntCounterVec,
     pub wakeups: IntCounterVec,
     pub api_requests: IntCounterVec,
+    pub pump_reports_refused: IntCounterVec,
     pub cold_start: Histogram,
     pub delivery: Histogram,
     /// The last `processed` count each flow's pump reported, to turn it into increments.
@@ -133,6 +136,12 @@ impl Metrics {
                 "API requests by route template, method and status.",
                 &["route", "method", "status"],
             ),
+            pump_reports_refused: counter(
+                &r,
+                "pumphouse_pump_reports_refused_total",
+                "Pump reports (ack, started, completed, failed) refused because they name an execution the pump was not given, by reporting flow and reason.",
+                &["flow", "reason"],
+            ),
             cold_start: histogram(
                 &r,
                 "pumphouse_cold_start_seconds",
@@ -154,7 +163,7 @@ impl Metrics {
 
     /// A heartbeat said the pump has finished `processed` triggers since it started.
     pub fn pump_processed(&self, flow_id: &str, processed: u64) {
-        let mut seen = self.processed_seen.lock().expect("processed lock");
+        let mut seen = lock(&self.processed_seen);
         let last = seen.insert(flow_id.to_string(), processed).unwrap_or(0);
         // A smaller count is a new pump that started from zero.
         let delta = if processed >= last {

@@ -74,6 +74,8 @@ pub enum InvalidSecret {
         "`{0}` is set by pumphouse itself (see docs/pump-contract.md); choose another secret name"
     )]
     ReservedName(String),
+    #[error("`{0}` {1}")]
+    LoaderVariable(String, String),
     #[error("the secret value is empty; send the value itself as the request body")]
     Empty,
     #[error("the secret value is {0} bytes; at most {MAX_VALUE_BYTES} are accepted")]
@@ -82,8 +84,10 @@ pub enum InvalidSecret {
     NotText,
 }
 
-/// Checks a secret's name: it becomes an environment variable of the pump.
-pub fn check_name(name: &str) -> Result<(), InvalidSecret> {
+/// Checks a secret's name: it becomes an environment variable of the pump, so the names a
+/// manifest's `env` may not use (how the pump program is loaded or found) are refused too.
+/// `backend` is the server's backend name.
+pub fn check_name(name: &str, backend: Option<&str>) -> Result<(), InvalidSecret> {
     let valid = name.len() <= MAX_NAME_BYTES
         && name
             .chars()
@@ -95,6 +99,9 @@ pub fn check_name(name: &str) -> Result<(), InvalidSecret> {
     }
     if pumphouse_pump::env::RESERVED.contains(&name) {
         return Err(InvalidSecret::ReservedName(name.to_string()));
+    }
+    if let Some(why) = crate::manifest::loader_variable(name, backend) {
+        return Err(InvalidSecret::LoaderVariable(name.to_string(), why));
     }
     Ok(())
 }
@@ -419,18 +426,28 @@ mod tests {
 
     #[test]
     fn names_and_values_are_checked() {
-        assert!(check_name("STRIPE_KEY").is_ok());
-        assert!(check_name("_x1").is_ok());
+        assert!(check_name("STRIPE_KEY", None).is_ok());
+        assert!(check_name("_x1", None).is_ok());
         for bad in ["", "1X", "A-B", "A B", &"A".repeat(129)] {
             assert!(
-                matches!(check_name(bad), Err(InvalidSecret::BadName(_))),
+                matches!(check_name(bad, None), Err(InvalidSecret::BadName(_))),
                 "{bad}"
             );
         }
         assert_eq!(
-            check_name("REDIS_URL"),
+            check_name("REDIS_URL", None),
             Err(InvalidSecret::ReservedName("REDIS_URL".into()))
         );
+        // What the dynamic linker reads, on every backend; PATH where pumps are our processes.
+        assert!(matches!(
+            check_name("LD_PRELOAD", Some("docker")),
+            Err(InvalidSecret::LoaderVariable(..))
+        ));
+        assert!(check_name("PATH", Some("docker")).is_ok());
+        assert!(matches!(
+            check_name("PATH", Some("process")),
+            Err(InvalidSecret::LoaderVariable(..))
+        ));
         assert_eq!(check_value(b""), Err(InvalidSecret::Empty));
         assert_eq!(check_value(b"a\0b"), Err(InvalidSecret::NotText));
         assert_eq!(check_value(&[0xff, 0xfe]), Err(InvalidSecret::NotText));

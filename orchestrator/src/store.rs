@@ -34,6 +34,12 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("cannot open the store: {0}; check --store and that the database is reachable")]
     Connect(#[source] sqlx::Error),
+    #[error("cannot create the SQLite file {path}: {source}; check --store and that its directory exists and is writable")]
+    CreateFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot migrate the store: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a flow named `{0}` exists already; update it with PUT /api/flows/{{id}} or `pumphouse flow apply`")]
@@ -98,6 +104,11 @@ pub mod exec_status {
     pub const RUNNING: &str = "running";
     pub const COMPLETED: &str = "completed";
     pub const FAILED: &str = "failed";
+
+    /// Whether an execution with this status may still change.
+    pub fn is_unfinished(status: &str) -> bool {
+        status == QUEUED || status == RUNNING
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -180,6 +191,9 @@ impl FlowRecord {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExecutionReport {
     pub id: String,
+    /// The flow whose events stream carried the report: only an execution of this flow is
+    /// changed, whatever id a pump names.
+    pub flow_id: String,
     /// The pump instance that reported, when the report names one.
     pub instance_id: Option<String>,
     /// First acknowledged (`ack`).
@@ -203,6 +217,63 @@ fn param(dialect: Dialect, n: usize) -> String {
 
 /// How many executions ended, by flow id and status (`completed`, `failed`).
 pub type EndedCounts = std::collections::BTreeMap<(String, String), u64>;
+
+/// Who records triggers (see [`Store::record_executions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorder {
+    /// The leader, which sends what it records.
+    Leader,
+    /// A replica that does not lead: it only records, and the leader sends.
+    Elsewhere,
+}
+
+/// What [`Store::record_executions`] wrote and read.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Each row's sequence number, in the order given.
+    pub seqs: Vec<i64>,
+    /// Per flow of the group, the highest sequence number other replicas had recorded before
+    /// this commit (0: none).
+    pub elsewhere: HashMap<String, i64>,
+}
+
+/// What [`Store::apply_reports`] did with a group of reports.
+#[derive(Debug, Default, PartialEq)]
+pub struct AppliedReports {
+    /// How many executions ended here, by flow and status.
+    pub ended: EndedCounts,
+    /// Executions that ended here, as (flow, execution id): their waiters may be told.
+    pub ended_ids: std::collections::HashSet<(String, String)>,
+    /// Reports refused because they name an execution the reporting pump was never given.
+    pub refused: Vec<RefusedReport>,
+}
+
+/// A pump's report about an execution it may not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedReport {
+    pub flow_id: String,
+    pub execution_id: String,
+    pub reason: RefusedBecause,
+}
+
+/// Why a pump's report was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusedBecause {
+    /// No execution of the reporting pump's flow has that id (another flow's, or none).
+    NotThisFlows,
+    /// The execution is held by another instance of the flow, which acknowledged it.
+    OtherInstance,
+}
+
+impl RefusedBecause {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusedBecause::NotThisFlows => "not_this_flows",
+            RefusedBecause::OtherInstance => "other_instance",
+        }
+    }
+}
 
 /// `(CAST($1 AS T1), CAST($2 AS T2), ...), (...)`: `rows` rows of typed parameters for a
 /// `VALUES` list. The casts give PostgreSQL the types it cannot infer inside `VALUES`; SQLite
@@ -322,6 +393,76 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
+/// The file a `sqlite://` URL (without its scheme) names, when opening it may create it: not
+/// an in-memory database, nor one opened with a `mode=` other than `rwc`. Percent-decoded, as
+/// sqlx reads it.
+fn sqlite_file(rest: &str) -> Option<std::path::PathBuf> {
+    let (path, params) = rest.split_once('?').unwrap_or((rest, ""));
+    let mode = params.split('&').find_map(|kv| kv.strip_prefix("mode="));
+    if path.is_empty() || path == ":memory:" || mode.is_some_and(|m| m != "rwc") {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                decoded.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok().map(Into::into)
+}
+
+/// Creates a missing SQLite file with mode 0600, whatever the umask, before SQLite would create
+/// it with 0644 less the umask: it holds every flow's manifest, hashed tokens and sealed
+/// secrets. SQLite gives the `-wal` and `-shm` files it makes the database file's mode, so they
+/// are private too. An existing file keeps its mode, with a warning when others may read it.
+fn create_private(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let private = std::fs::Permissions::from_mode(0o600);
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        // The umask may have taken bits off 0600 too; set exactly that.
+        .and_then(|file| file.set_permissions(private));
+    match created {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let shared = ["", "-wal", "-shm"].into_iter().find_map(|suffix| {
+                let file = format!("{}{suffix}", path.display());
+                let mode = std::fs::metadata(&file).ok()?.permissions().mode() & 0o777;
+                (mode & 0o077 != 0).then_some((file, mode))
+            });
+            if let Some((file, mode)) = shared {
+                tracing::warn!(
+                    file,
+                    mode = format!("{mode:o}"),
+                    "SECURITY: other users of this host may read the store file; make it private with `chmod 600 {}*`",
+                    path.display()
+                );
+            }
+            Ok(())
+        }
+        Err(source) => Err(StoreError::CreateFile {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
 const FLOW_COLUMNS: &str = "id, tenant_id, name, manifest, desired_state, status, status_reason, webhook_token_hash, idle_timeout_ms, keep_alive, instance_id, pump_ref, created_at, updated_at";
 const EXEC_COLUMNS: &str = "id, flow_id, seq, trigger_type, status, payload, output, error_message, attempts, received_at, deadline_at, acked_at, started_at, completed_at, instance_id";
 
@@ -336,6 +477,9 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = if let Some(rest) = url.strip_prefix("sqlite://") {
+            if let Some(file) = sqlite_file(rest) {
+                create_private(&file)?;
+            }
             let sep = if rest.contains('?') { '&' } else { '?' };
             let url = if rest.contains("mode=") {
                 url.to_string()
@@ -727,10 +871,52 @@ impl Store {
         &self,
         rows: &[E],
     ) -> Result<Vec<i64>> {
+        Ok(self.record_executions(rows, Recorder::Leader).await?.seqs)
+    }
+
+    /// [`Store::insert_executions`], saying who records. Each flow's row is locked first, so
+    /// two replicas recording triggers for one flow commit one after the other and sequence
+    /// order is commit order. A replica that does not lead leaves its highest sequence number
+    /// on the flow (`recorded_elsewhere_seq`); the leader gets those marks back, read under the
+    /// same lock, to load what it has not seen before it sends its own.
+    pub async fn record_executions<E: std::borrow::Borrow<NewExecution>>(
+        &self,
+        rows: &[E],
+        recorder: Recorder,
+    ) -> Result<Recorded> {
         // 6 parameters a row: far below both databases' limits on parameters per statement.
         const ROWS_PER_STATEMENT: usize = 500;
         let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
         let mut tx = self.begin_write().await?;
+        let flows: std::collections::BTreeSet<&str> =
+            rows.iter().map(|e| e.borrow().flow_id.as_str()).collect();
+        let mut elsewhere: HashMap<String, i64> = HashMap::with_capacity(flows.len());
+        for chunk in flows
+            .iter()
+            .copied()
+            .collect::<Vec<_>>()
+            .chunks(ROWS_PER_STATEMENT)
+        {
+            let list: Vec<String> = (1..=chunk.len()).map(|n| param(self.dialect, n)).collect();
+            // SQLite's write lock is the database's; PostgreSQL locks the rows, in id order so
+            // two groups never wait on each other.
+            let lock = if self.dialect == Dialect::Postgres {
+                " ORDER BY id FOR NO KEY UPDATE"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT id, recorded_elsewhere_seq FROM flows WHERE id IN ({}){lock}",
+                list.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for f in chunk {
+                query = query.bind(*f);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                elsewhere.insert(row.try_get("id")?, row.try_get("recorded_elsewhere_seq")?);
+            }
+        }
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let chunk: Vec<&NewExecution> = chunk.iter().map(|e| e.borrow()).collect();
             let p = |n: usize| param(self.dialect, n);
@@ -804,8 +990,22 @@ impl Store {
                 seqs.push(seq);
             }
         }
+        if recorder == Recorder::Elsewhere {
+            let mut highest: HashMap<&str, i64> = HashMap::new();
+            for (e, seq) in rows.iter().zip(&seqs) {
+                let top = highest.entry(e.borrow().flow_id.as_str()).or_default();
+                *top = (*top).max(*seq);
+            }
+            for (flow_id, seq) in highest {
+                sqlx::query("UPDATE flows SET recorded_elsewhere_seq = $2 WHERE id = $1 AND recorded_elsewhere_seq < $2")
+                    .bind(flow_id)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
-        Ok(seqs)
+        Ok(Recorded { seqs, elsewhere })
     }
 
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>> {
@@ -958,10 +1158,13 @@ impl Store {
     /// Applies what pumps reported about many executions in one transaction, with one statement
     /// per kind of report rather than one per report. Each report is applied as its single
     /// events would be: an outcome only to an unfinished execution, a start only to a queued
-    /// one, an acknowledgement to either. Returns how many ended here, by flow and status;
-    /// those that had ended before are left as they were. Fails only when the store is
-    /// unavailable, perhaps after applying some; applying them all again is safe.
-    pub async fn apply_reports(&self, reports: &[ExecutionReport]) -> Result<EndedCounts> {
+    /// one, an acknowledgement to either. A pump is untrusted, so a report changes only an
+    /// execution of the flow whose stream carried it, and a start or an outcome only one that
+    /// no other instance of the flow holds (one it acknowledged, or nobody did); anything else
+    /// is refused and listed. Returns what ended here, by flow and status; those that had ended
+    /// before are left as they were. Fails only when the store is unavailable, perhaps after
+    /// applying some; applying them all again is safe.
+    pub async fn apply_reports(&self, reports: &[ExecutionReport]) -> Result<AppliedReports> {
         match self.apply_reports_together(reports).await {
             // Nothing is lost: the caller offers the same reports again later.
             Err(e) if e.is_unavailable() => Err(e),
@@ -970,13 +1173,15 @@ impl Store {
                 // alone, so only what is refused again is dropped (and logged). Applying a
                 // report twice changes nothing, so an outage half-way is retried whole.
                 tracing::debug!(error = %e, count = reports.len(), "applying pump reports together failed; applying them one by one");
-                let mut ended = EndedCounts::new();
+                let mut all = AppliedReports::default();
                 for r in reports {
                     match self.apply_reports_together(std::slice::from_ref(r)).await {
                         Ok(one) => {
-                            for (key, n) in one {
-                                *ended.entry(key).or_default() += n;
+                            for (key, n) in one.ended {
+                                *all.ended.entry(key).or_default() += n;
                             }
+                            all.ended_ids.extend(one.ended_ids);
+                            all.refused.extend(one.refused);
                         }
                         Err(e) if e.is_unavailable() => return Err(e),
                         Err(e) => {
@@ -984,14 +1189,14 @@ impl Store {
                         }
                     }
                 }
-                Ok(ended)
+                Ok(all)
             }
             ok => ok,
         }
     }
 
-    async fn apply_reports_together(&self, reports: &[ExecutionReport]) -> Result<EndedCounts> {
-        const ROWS_PER_STATEMENT: usize = 400;
+    async fn apply_reports_together(&self, reports: &[ExecutionReport]) -> Result<AppliedReports> {
+        const ROWS_PER_STATEMENT: usize = 300;
         let finished: Vec<&ExecutionReport> =
             reports.iter().filter(|r| r.finished.is_some()).collect();
         let started: Vec<&ExecutionReport> = reports
@@ -1004,12 +1209,19 @@ impl Store {
             .iter()
             .filter(|r| r.finished.is_none() && r.acked_at.is_some())
             .collect();
-        let mut ended = EndedCounts::new();
+        let mut out = AppliedReports::default();
+        // Reports that changed a row, by (flow, execution): the rest are looked at below.
+        let mut matched: std::collections::HashSet<(String, String)> =
+            std::collections::HashSet::new();
         let mut tx = self.begin_write().await?;
+        // The instance condition: nobody holds it, it is the reporter's, or the report carries
+        // the reporter's own acknowledgement (which moves the execution to it, as a lone ack
+        // would).
+        const HELD_BY_REPORTER: &str = "(executions.instance_id IS NULL OR v.column8 IS NULL OR executions.instance_id = v.column8 OR v.column7 IS NOT NULL)";
         for chunk in finished.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE executions SET status = v.column2, output = v.column3, error_message = v.column4, completed_at = v.column5, started_at = COALESCE(executions.started_at, v.column6, v.column5), acked_at = COALESCE(executions.acked_at, v.column7), instance_id = COALESCE(v.column8, executions.instance_id) FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.status IN ('queued', 'running') RETURNING flow_id, status",
-                values_list(self.dialect, chunk.len(), &["TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT"])
+                "UPDATE executions SET status = v.column2, output = v.column3, error_message = v.column4, completed_at = v.column5, started_at = COALESCE(executions.started_at, v.column6, v.column5), acked_at = COALESCE(executions.acked_at, v.column7), instance_id = COALESCE(v.column8, executions.instance_id) FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.flow_id = v.column9 AND executions.status IN ('queued', 'running') AND {HELD_BY_REPORTER} RETURNING id, flow_id, status",
+                values_list(self.dialect, chunk.len(), &["TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "TEXT"])
             );
             let mut query = sqlx::query(&sql);
             for r in chunk {
@@ -1026,18 +1238,23 @@ impl Store {
                     .bind(*at)
                     .bind(r.started_at)
                     .bind(r.acked_at.or(r.started_at))
-                    .bind(&r.instance_id);
+                    .bind(&r.instance_id)
+                    .bind(&r.flow_id);
             }
             for row in query.fetch_all(&mut *tx).await? {
-                *ended
-                    .entry((row.try_get("flow_id")?, row.try_get("status")?))
+                let id: String = row.try_get("id")?;
+                let flow_id: String = row.try_get("flow_id")?;
+                *out.ended
+                    .entry((flow_id.clone(), row.try_get("status")?))
                     .or_default() += 1;
+                out.ended_ids.insert((flow_id.clone(), id.clone()));
+                matched.insert((flow_id, id));
             }
         }
         for chunk in started.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE executions SET status = 'running', started_at = v.column2, acked_at = COALESCE(executions.acked_at, v.column3), instance_id = v.column4 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.status = 'queued'",
-                values_list(self.dialect, chunk.len(), &["TEXT", "BIGINT", "BIGINT", "TEXT"])
+                "UPDATE executions SET status = 'running', started_at = v.column2, acked_at = COALESCE(executions.acked_at, v.column3), instance_id = v.column4 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.flow_id = v.column5 AND executions.status = 'queued' RETURNING id, flow_id",
+                values_list(self.dialect, chunk.len(), &["TEXT", "BIGINT", "BIGINT", "TEXT", "TEXT"])
             );
             let mut query = sqlx::query(&sql);
             for r in chunk {
@@ -1045,23 +1262,83 @@ impl Store {
                     .bind(&r.id)
                     .bind(r.started_at)
                     .bind(r.acked_at.or(r.started_at))
-                    .bind(&r.instance_id);
+                    .bind(&r.instance_id)
+                    .bind(&r.flow_id);
             }
-            query.execute(&mut *tx).await?;
+            for row in query.fetch_all(&mut *tx).await? {
+                matched.insert((row.try_get("flow_id")?, row.try_get("id")?));
+            }
         }
         for chunk in acked.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE executions SET acked_at = COALESCE(executions.acked_at, v.column2), instance_id = v.column3 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.status IN ('queued', 'running')",
-                values_list(self.dialect, chunk.len(), &["TEXT", "BIGINT", "TEXT"])
+                "UPDATE executions SET acked_at = COALESCE(executions.acked_at, v.column2), instance_id = v.column3 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.flow_id = v.column4 AND executions.status IN ('queued', 'running') RETURNING id, flow_id",
+                values_list(self.dialect, chunk.len(), &["TEXT", "BIGINT", "TEXT", "TEXT"])
             );
             let mut query = sqlx::query(&sql);
             for r in chunk {
-                query = query.bind(&r.id).bind(r.acked_at).bind(&r.instance_id);
+                query = query
+                    .bind(&r.id)
+                    .bind(r.acked_at)
+                    .bind(&r.instance_id)
+                    .bind(&r.flow_id);
             }
-            query.execute(&mut *tx).await?;
+            for row in query.fetch_all(&mut *tx).await? {
+                matched.insert((row.try_get("flow_id")?, row.try_get("id")?));
+            }
+        }
+        // What changed nothing is either a replay (the execution ended already, or the event
+        // was read twice) or a report the pump had no right to make. Rare, so looked up only
+        // then.
+        let unmatched: Vec<&ExecutionReport> = reports
+            .iter()
+            .filter(|r| !matched.contains(&(r.flow_id.clone(), r.id.clone())))
+            .collect();
+        for chunk in unmatched.chunks(ROWS_PER_STATEMENT) {
+            let list: Vec<String> = (1..=chunk.len()).map(|n| param(self.dialect, n)).collect();
+            let sql = format!(
+                "SELECT id, flow_id, status, instance_id FROM executions WHERE id IN ({})",
+                list.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query.bind(&r.id);
+            }
+            let mut found: HashMap<String, (String, String, Option<String>)> = HashMap::new();
+            for row in query.fetch_all(&mut *tx).await? {
+                found.insert(
+                    row.try_get("id")?,
+                    (
+                        row.try_get("flow_id")?,
+                        row.try_get("status")?,
+                        row.try_get("instance_id")?,
+                    ),
+                );
+            }
+            for r in chunk {
+                let reason = match found.get(&r.id) {
+                    None => RefusedBecause::NotThisFlows,
+                    Some((flow_id, ..)) if *flow_id != r.flow_id => RefusedBecause::NotThisFlows,
+                    // Only an outcome with no acknowledgement of the reporter's own is held to
+                    // the instance (see HELD_BY_REPORTER); anything else here is a replay.
+                    Some((_, status, Some(holder)))
+                        if exec_status::is_unfinished(status)
+                            && r.finished.is_some()
+                            && r.acked_at.or(r.started_at).is_none()
+                            && r.instance_id.as_ref().is_some_and(|i| i != holder) =>
+                    {
+                        RefusedBecause::OtherInstance
+                    }
+                    Some(_) => continue,
+                };
+                out.refused.push(RefusedReport {
+                    flow_id: r.flow_id.clone(),
+                    execution_id: r.id.clone(),
+                    reason,
+                });
+            }
         }
         tx.commit().await?;
-        Ok(ended)
+        Ok(out)
     }
 
     /// Finishes an execution unless it is finished already. Returns its flow's id when it
@@ -1562,6 +1839,43 @@ fn credentials_from_row(r: &AnyRow) -> Result<PumpCredentials> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sqlite_url_names_the_file_it_may_create() {
+        let file = |rest| sqlite_file(rest).map(|p| p.display().to_string());
+        assert_eq!(file("/data/ph.db").as_deref(), Some("/data/ph.db"));
+        assert_eq!(file("ph.db?mode=rwc").as_deref(), Some("ph.db"));
+        assert_eq!(file("a%20b%3F.db").as_deref(), Some("a b?.db"));
+        assert_eq!(file(":memory:"), None);
+        assert_eq!(file("ph.db?mode=ro"), None);
+        assert_eq!(file("ph.db?cache=shared&mode=rw"), None);
+    }
+
+    /// Under the usual umask (022) SQLite alone made all three 0644.
+    #[tokio::test]
+    async fn the_sqlite_file_and_its_wal_are_created_private_whatever_the_umask() {
+        let dir = std::env::temp_dir().join(format!("pumphouse-mode-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("ph.db");
+        let store = Store::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        store.ensure_tenant("default", "Default").await.unwrap();
+        let mode = |suffix: &str| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let file = format!("{}{suffix}", db.display());
+            let mode = std::fs::metadata(&file)
+                .unwrap_or_else(|e| panic!("{file}: {e}"))
+                .permissions()
+                .mode();
+            format!("{:o}", mode & 0o777)
+        };
+        assert_eq!(mode(""), "600", "the database file");
+        assert_eq!(mode("-wal"), "600", "its WAL");
+        assert_eq!(mode("-shm"), "600", "its shared-memory index");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn only_a_store_that_is_away_counts_as_unavailable() {

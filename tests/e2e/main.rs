@@ -7,6 +7,7 @@ mod chaos;
 mod cli;
 mod flows;
 mod hostile_input;
+mod hostile_pumps;
 mod observability;
 mod redis_isolation;
 mod replicas;

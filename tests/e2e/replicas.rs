@@ -188,3 +188,207 @@ async fn two_replicas_serve_one_leads_and_the_survivor_takes_over_without_double
     flows.dedup();
     assert_eq!(before_dedup, flows.len(), "one running pump per flow");
 }
+
+/// Pids of the processes whose environment names the flow: its process-backend pumps,
+/// whichever replica started them.
+fn pump_processes(flow_id: &str) -> Vec<u32> {
+    let needle = format!("FLOW_ID={flow_id}");
+    std::fs::read_dir("/proc")
+        .expect("reading /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .collect()
+}
+
+async fn wait_pump_processes(flow_id: &str, want: usize) {
+    let started = Instant::now();
+    loop {
+        let pids = pump_processes(flow_id);
+        if pids.len() == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{} pump processes for the flow, not {want}: {pids:?}",
+            pids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Only the leader launches and stops pumps: on the process backend a pump is a child of the
+/// replica that launched it, so a start, stop or delete through a follower is carried out by
+/// the leader. One pump, each trigger run once, and nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_follower_the_process_backend_runs_one_pump_and_each_trigger_once() {
+    let app = TestApp::spawn_replicas(
+        Backend::Process,
+        2,
+        Some(PostgresServer::start()),
+        // A quick reconcile, so a leader that did not launch the pump would notice it missing
+        // (and start its own) while the test runs.
+        &[
+            "--lease-ttl",
+            "2s",
+            "--resync-interval",
+            "200ms",
+            "--restart-backoff",
+            "100ms",
+        ],
+    )
+    .await;
+    let leaders = app.leaders().await;
+    assert_eq!(leaders.len(), 1, "exactly one leader: {leaders:?}");
+    let follower = 1 - leaders[0];
+    let flow = app
+        .create_flow(&manifest(
+            "counted",
+            "keepAlive: true\n",
+            "    - append: {key: runs, value: '{{trigger.id}}'}\n    - respond: '{{payload.n}}'\n",
+        ))
+        .await;
+    let (code, body) = post(&app, follower, &format!("/api/flows/{}/start", flow.id), "").await;
+    assert_eq!(code, 202, "{body}");
+    app.wait_status(&flow, "running").await;
+    wait_pump_processes(&flow.id, 1).await;
+    let pump = pump_processes(&flow.id)[0];
+    let stat = std::fs::read_to_string(format!("/proc/{pump}/stat")).unwrap();
+    // The fields after the command's closing parenthesis: state, ppid, ...
+    let parent: u32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        Some(parent),
+        app.replica_pid(leaders[0]),
+        "the leader launched the pump, though the start came through the follower"
+    );
+
+    let hook = format!("/api/triggers/{}/webhook/{}?wait=20s", flow.id, flow.token);
+    let calls: Vec<_> = (0..40)
+        .map(|n| {
+            let (app, hook) = (&app, &hook);
+            async move { post(app, n % 2, hook, &json!({"n": n}).to_string()).await }
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for (code, body) in join_all(calls).await {
+        assert_eq!(code, 200, "{body}");
+        ids.push(body["execution_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(pump_processes(&flow.id).len(), 1, "one pump for the flow");
+    let prefix = app.pump_var(&flow, "TENANT_PREFIX").await;
+    let mut admin = redis::Client::open(app.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let runs: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("{prefix}runs"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let runs: Vec<String> = runs
+        .iter()
+        .map(|r| serde_json::from_str::<String>(r).unwrap_or_else(|_| r.clone()))
+        .collect();
+    for id in &ids {
+        let n = runs.iter().filter(|r| *r == id).count();
+        assert_eq!(n, 1, "trigger {id} ran {n} times");
+    }
+
+    // A stop through the follower stops the leader's child.
+    let (code, body) = post(&app, follower, &format!("/api/flows/{}/stop", flow.id), "").await;
+    assert_eq!(code, 200, "{body}");
+    wait_pump_processes(&flow.id, 0).await;
+
+    // So does a delete through the follower, of a flow started through it.
+    let (code, _) = post(&app, follower, &format!("/api/flows/{}/start", flow.id), "").await;
+    assert_eq!(code, 202);
+    app.wait_status(&flow, "running").await;
+    wait_pump_processes(&flow.id, 1).await;
+    let resp = app
+        .http
+        .delete(format!("{}/api/flows/{}", app.replica(follower), flow.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    wait_pump_processes(&flow.id, 0).await;
+}
+
+/// A flow's triggers reach its pump in sequence order whichever replica accepted them: one
+/// recorded by a follower (whose note to the leader is still on its way) is sent before a later
+/// one the leader accepts. The two dispatchers share one PostgreSQL store and one Redis, as
+/// two replicas do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_a_follower_recorded_is_sent_before_the_leaders_later_ones() {
+    use pumphouse::bus::Bus;
+    use pumphouse::dispatcher::Dispatcher;
+    use pumphouse::metrics::Metrics;
+    use pumphouse::store::Store;
+    use std::sync::Arc;
+
+    let redis = pumphouse_e2e::RedisServer::start().await;
+    let pg = PostgresServer::start();
+    let store = Store::connect(&pg.url()).await.unwrap();
+    store.ensure_tenant("t1", "Tenant one").await.unwrap();
+    let flow = pumphouse_e2e::running_flow_record("t1", "ordered");
+    store.create_flow(&flow, "test").await.unwrap();
+    let bus = Bus::connect(&redis.url()).await.unwrap();
+    let leader = Dispatcher::new(store.clone(), bus.clone(), Arc::new(Metrics::new()));
+    let follower = Dispatcher::new(store.clone(), bus.clone(), Arc::new(Metrics::new()));
+
+    let mut pump = redis::Client::open(redis.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pump.subscribe(pumphouse_pump::channels::trigger(&flow.id))
+        .await
+        .unwrap();
+    leader.open(&flow.id).await;
+
+    let deadline = Duration::from_secs(30);
+    let first = follower
+        .record(&flow.id, "webhook", json!({"n": 1}), deadline)
+        .await
+        .unwrap();
+    let second = leader
+        .accept(&flow.id, "webhook", json!({"n": 2}), deadline)
+        .await
+        .unwrap();
+    assert!(first.seq < second.seq);
+    let third = leader
+        .accept(&flow.id, "webhook", json!({"n": 3}), deadline)
+        .await
+        .unwrap();
+
+    let mut messages = futures_util::StreamExt::take(pump.on_message(), 3);
+    let mut received = Vec::new();
+    let started = Instant::now();
+    while received.len() < 3 {
+        let left = DEADLINE.saturating_sub(started.elapsed());
+        let msg = tokio::time::timeout(left, futures_util::StreamExt::next(&mut messages))
+            .await
+            .unwrap_or_else(|_| panic!("only {received:?} reached the pump"))
+            .expect("subscribed");
+        let trigger: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        received.push(trigger["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        received,
+        [first.execution_id, second.execution_id, third.execution_id],
+        "sent in sequence order"
+    );
+}

@@ -1,7 +1,8 @@
 //! One store suite, run against SQLite and PostgreSQL.
 
 use pumphouse::store::{
-    now_ms, status, ExecutionReport, FlowRecord, NewExecution, Store, StoreError, Transition,
+    now_ms, status, ExecutionReport, FlowRecord, NewExecution, RefusedBecause, RefusedReport,
+    Store, StoreError, Transition,
 };
 use pumphouse_e2e::{PostgresServer, TempDir};
 
@@ -386,6 +387,7 @@ async fn batch_suite(store: Store) {
     let t = now_ms();
     let report = |i: usize| ExecutionReport {
         id: rows[i].id.clone(),
+        flow_id: f.id.clone(),
         instance_id: Some("inst-1".into()),
         ..ExecutionReport::default()
     };
@@ -413,9 +415,10 @@ async fn batch_suite(store: Store) {
             finished: Some((Err("boom".into()), t + 3)),
             ..report(3)
         },
-        // an execution nobody knows: nothing happens
+        // an execution nobody knows: nothing happens, and it is refused
         ExecutionReport {
             id: "no-such-execution".into(),
+            flow_id: f.id.clone(),
             finished: Some((Ok("1".into()), t)),
             ..ExecutionReport::default()
         },
@@ -425,9 +428,18 @@ async fn batch_suite(store: Store) {
         finished: Some((Ok(i.to_string()), t)),
         ..report(i)
     }));
-    let ended = store.apply_reports(&reports).await.unwrap();
+    let applied = store.apply_reports(&reports).await.unwrap();
     assert_eq!(
-        ended.into_iter().collect::<Vec<_>>(),
+        applied.refused,
+        [RefusedReport {
+            flow_id: f.id.clone(),
+            execution_id: "no-such-execution".into(),
+            reason: RefusedBecause::NotThisFlows
+        }]
+    );
+    assert_eq!(applied.ended_ids.len(), 992);
+    assert_eq!(
+        applied.ended.into_iter().collect::<Vec<_>>(),
         [
             ((f.id.clone(), "completed".to_string()), 991),
             ((f.id.clone(), "failed".to_string()), 1)
@@ -494,7 +506,12 @@ async fn batch_suite(store: Store) {
             ..report(2)
         },
     ];
-    assert!(store.apply_reports(&late).await.unwrap().is_empty());
+    let late = store.apply_reports(&late).await.unwrap();
+    assert!(late.ended.is_empty());
+    assert!(
+        late.refused.is_empty(),
+        "replays are not refusals: {late:?}"
+    );
     let moved = store.get_execution(&rows[2].id).await.unwrap().unwrap();
     assert_eq!(
         (
@@ -517,6 +534,113 @@ async fn batch_suite(store: Store) {
     );
     // Unacknowledged now: the 1100 minus those reported on.
     assert_eq!(store.unacked_executions().await.unwrap().len(), 1100 - 994);
+
+    // A pump is untrusted: what it reports about an execution it was never given changes
+    // nothing. Another flow's execution, named by this flow's pump:
+    let other = flow("victim");
+    store.create_flow(&other, "test").await.unwrap();
+    let victim = execution(&other.id);
+    store
+        .insert_executions(std::slice::from_ref(&victim))
+        .await
+        .unwrap();
+    let forged = ExecutionReport {
+        id: victim.id.clone(),
+        flow_id: f.id.clone(),
+        instance_id: Some("inst-1".into()),
+        acked_at: Some(t),
+        started_at: Some(t),
+        finished: Some((Ok(r#""forged""#.into()), t)),
+    };
+    let applied = store
+        .apply_reports(std::slice::from_ref(&forged))
+        .await
+        .unwrap();
+    assert!(applied.ended.is_empty() && applied.ended_ids.is_empty());
+    assert_eq!(
+        applied.refused.iter().map(|r| r.reason).collect::<Vec<_>>(),
+        [RefusedBecause::NotThisFlows]
+    );
+    for r in [
+        ExecutionReport {
+            finished: None,
+            started_at: None,
+            ..forged.clone()
+        },
+        ExecutionReport {
+            finished: None,
+            ..forged.clone()
+        },
+    ] {
+        let applied = store.apply_reports(&[r]).await.unwrap();
+        assert_eq!(applied.refused.len(), 1, "a forged ack or start is refused");
+    }
+    let untouched = store.get_execution(&victim.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            untouched.status.as_str(),
+            untouched.acked_at,
+            untouched.instance_id,
+            untouched.output
+        ),
+        ("queued", None, None, None)
+    );
+    // The victim's own pump, in the same read as the forgery, is applied as if alone.
+    let own = ExecutionReport {
+        flow_id: other.id.clone(),
+        instance_id: Some("victim-inst".into()),
+        finished: Some((Ok(r#""real""#.into()), t + 1)),
+        ..forged.clone()
+    };
+    let applied = store.apply_reports(&[forged.clone(), own]).await.unwrap();
+    assert_eq!(applied.refused.len(), 1);
+    assert!(applied
+        .ended_ids
+        .contains(&(other.id.clone(), victim.id.clone())));
+    let done = store.get_execution(&victim.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.output.as_deref(), done.instance_id.as_deref()),
+        (Some(r#""real""#), Some("victim-inst"))
+    );
+
+    // An outcome alone from an instance that does not hold the execution (an orphaned pump of
+    // the same flow) is refused; the holder's own outcome is applied.
+    let held = execution(&f.id);
+    store
+        .insert_executions(std::slice::from_ref(&held))
+        .await
+        .unwrap();
+    let holder = ExecutionReport {
+        id: held.id.clone(),
+        flow_id: f.id.clone(),
+        instance_id: Some("new".into()),
+        acked_at: Some(t),
+        ..ExecutionReport::default()
+    };
+    store
+        .apply_reports(std::slice::from_ref(&holder))
+        .await
+        .unwrap();
+    let stale = ExecutionReport {
+        instance_id: Some("old".into()),
+        acked_at: None,
+        finished: Some((Ok("1".into()), t)),
+        ..holder.clone()
+    };
+    let applied = store.apply_reports(&[stale]).await.unwrap();
+    assert_eq!(
+        applied.refused.iter().map(|r| r.reason).collect::<Vec<_>>(),
+        [RefusedBecause::OtherInstance]
+    );
+    let applied = store
+        .apply_reports(&[ExecutionReport {
+            acked_at: None,
+            finished: Some((Ok("2".into()), t)),
+            ..holder
+        }])
+        .await
+        .unwrap();
+    assert_eq!(applied.ended_ids.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -845,4 +969,29 @@ async fn the_secrets_suite_passes_on_sqlite() {
 async fn the_secrets_suite_passes_on_postgresql() {
     let pg = PostgresServer::start();
     secrets_suite(Store::connect(&pg.url()).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_orchestrator_keeps_its_sqlite_file_and_wal_private_to_its_user() {
+    use pumphouse_e2e::{manifest, Backend, TestApp};
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = TestApp::spawn(Backend::Process).await;
+    app.create_flow(&manifest(
+        &pumphouse_e2e::unique("private"),
+        "",
+        "    - log: x\n",
+    ))
+    .await;
+    let db = app
+        .store_url
+        .strip_prefix("sqlite://")
+        .expect("a SQLite store");
+    for file in [db.to_string(), format!("{db}-wal")] {
+        let mode = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+    }
 }

@@ -186,7 +186,7 @@ async fn a_failing_step_fails_the_execution_with_the_pumps_message() {
 #[tokio::test]
 async fn a_trigger_that_cannot_be_recorded_fails_alone_in_its_group_commit() {
     use pumphouse::dispatcher::Dispatcher;
-    use pumphouse::store::{now_ms, status, FlowRecord, Store};
+    use pumphouse::store::Store;
     use std::time::Duration;
 
     let redis = pumphouse_e2e::RedisServer::start().await;
@@ -195,22 +195,7 @@ async fn a_trigger_that_cannot_be_recorded_fails_alone_in_its_group_commit() {
         .await
         .unwrap();
     store.ensure_tenant("default", "Default").await.unwrap();
-    let flow = FlowRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        tenant_id: "default".into(),
-        name: "grouped".into(),
-        manifest: "name: grouped\n".into(),
-        desired_state: "running".into(),
-        status: status::RUNNING.into(),
-        status_reason: None,
-        webhook_token_hash: "h".into(),
-        idle_timeout_ms: 60_000,
-        keep_alive: true,
-        instance_id: None,
-        pump_ref: None,
-        created_at: now_ms(),
-        updated_at: now_ms(),
-    };
+    let flow = pumphouse_e2e::running_flow_record("default", "grouped");
     store.create_flow(&flow, "test").await.unwrap();
     let bus = pumphouse::bus::Bus::connect(&redis.url()).await.unwrap();
     let dispatcher = Dispatcher::new(

@@ -457,3 +457,39 @@ async fn a_woken_docker_flow_restarts_its_parked_container_unless_the_manifest_c
         "parking and waking never looked like a crash: {s:#}"
     );
 }
+
+/// Once a trigger is recorded its caller gets 202 with its id, whatever the wake that follows
+/// does: a 5xx would make the caller retry and record it twice. The wake's first step is made
+/// to fail in the store itself (a SQLite trigger refuses the flow's `starting`); the webhook is
+/// still accepted, and once the store takes the change again the leader wakes the flow for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_trigger_is_accepted_even_when_the_wake_fails() {
+    let app = TestApp::spawn(Backend::Process).await;
+    let flow = flow_at_zero(&app, "wake-fails", "    - respond: '{{payload.n}}'\n").await;
+    let db = sqlx::SqlitePool::connect(&app.store_url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_wake BEFORE UPDATE OF status ON flows \
+         WHEN NEW.status = 'starting' BEGIN SELECT RAISE(ABORT, 'injected: the store refuses'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+
+    let (code, body) = app.webhook(&flow, &json!({"n": 7})).await;
+    assert_eq!(code, 202, "recorded, so accepted: {body}");
+    let id = body["execution_id"]
+        .as_str()
+        .expect("an execution id")
+        .to_string();
+    let (code, e) = app
+        .get(&format!("/api/flows/{}/executions/{id}", flow.id))
+        .await;
+    assert_eq!((code, e["status"].as_str()), (200, Some("queued")), "{e}");
+
+    sqlx::query("DROP TRIGGER refuse_wake")
+        .execute(&db)
+        .await
+        .unwrap();
+    let done = app.wait_execution(&flow, &id).await;
+    assert_eq!(done["output"], json!(7), "{done:#}");
+}

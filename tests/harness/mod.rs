@@ -673,6 +673,14 @@ impl TestApp {
         }
     }
 
+    /// The process id of replica `i` (a `pumphouse serve` process), while it runs.
+    pub fn replica_pid(&self, i: usize) -> Option<u32> {
+        match &self.servers[i] {
+            Server::Process { child, .. } => child.as_ref().map(|c| c.id()),
+            Server::InProcess(_) => None,
+        }
+    }
+
     /// Kills the orchestrator process with SIGKILL: no chance to clean up.
     pub fn kill_server(&mut self) {
         self.kill_replica(0);
@@ -891,6 +899,56 @@ impl TestApp {
             .ok()
     }
 
+    /// The environment the flow's running pump was given (the container's env, or the
+    /// process's /proc environ): what a pump, hostile or not, holds.
+    pub async fn pump_env(&self, flow: &TestFlow) -> Vec<String> {
+        match self.backend {
+            Backend::Docker => self
+                .container(flow)
+                .await
+                .and_then(|c| c.config)
+                .and_then(|c| c.env)
+                .expect("the pump container has an env"),
+            Backend::Process => {
+                let (_, s) = self.get(&format!("/api/flows/{}/status", flow.id)).await;
+                let pid = s["pump"]["pump_ref"]
+                    .as_str()
+                    .and_then(|r| r.strip_prefix("pid:"))
+                    .unwrap_or_else(|| panic!("a process pump has a pid: {s:#}"))
+                    .to_string();
+                let raw =
+                    std::fs::read(format!("/proc/{pid}/environ")).expect("the pump's environ");
+                raw.split(|b| *b == 0)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect()
+            }
+        }
+    }
+
+    /// One variable of the flow's running pump's environment.
+    pub async fn pump_var(&self, flow: &TestFlow, name: &str) -> String {
+        let prefix = format!("{name}=");
+        self.pump_env(flow)
+            .await
+            .iter()
+            .find_map(|v| v.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("the pump has no {name}"))
+            .to_string()
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("the server answered");
+        assert_eq!(resp.status().as_u16(), 200, "GET /metrics");
+        resp.text().await.expect("a text body")
+    }
+
     /// Everything the flow's pump container printed so far, stdout and stderr.
     pub async fn pump_log(&self, flow: &TestFlow) -> String {
         use futures_util::StreamExt as _;
@@ -957,6 +1015,28 @@ impl Drop for TestApp {
             });
             let _ = handle.join();
         }
+    }
+}
+
+/// A flow row as the store keeps it, `running` and kept alive, for tests that drive the store
+/// or the dispatcher directly (no pump behind it).
+pub fn running_flow_record(tenant_id: &str, name: &str) -> pumphouse::store::FlowRecord {
+    use pumphouse::store::{now_ms, status, FlowRecord};
+    FlowRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: tenant_id.into(),
+        name: name.into(),
+        manifest: format!("name: {name}\nconfig: {{}}\n"),
+        desired_state: "running".into(),
+        status: status::RUNNING.into(),
+        status_reason: None,
+        webhook_token_hash: "h".into(),
+        idle_timeout_ms: 60_000,
+        keep_alive: true,
+        instance_id: None,
+        pump_ref: None,
+        created_at: now_ms(),
+        updated_at: now_ms(),
     }
 }
 

@@ -83,7 +83,8 @@ pub async fn put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let flow = find_flow(&state, &caller, &id).await?;
-    secrets::check_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    secrets::check_name(&name, Some(state.supervisor.backend().name()))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let Some(key) = state.supervisor.master_key() else {
         return Err(ApiError::Conflict(format!(
             "this server has no master key, so it cannot store secrets; {}",

@@ -170,10 +170,13 @@ async fn accept(
         state.bus.notify_accepted(&flow.id).await;
         accepted
     };
+    // Recorded: from here on the answer is 2xx whatever else fails, or a retry would record it
+    // twice. The wake goes on in the background (held by the dispatcher until the pump is
+    // ready; one of the concurrent wakes wins); on other replicas the leader, told above,
+    // wakes the flow.
     state.supervisor.note_trigger(&flow.id);
     if flow.status == status::IDLE {
-        // Held by the dispatcher until the pump is ready; one of the concurrent wakes wins.
-        state.supervisor.wake(&flow.id).await?;
+        state.supervisor.wake_soon(&flow.id);
     }
     let Some(wait) = wait else {
         let body = TriggerAnswer {

@@ -13,6 +13,7 @@
 //! - A pump that exits before it is ready, or stays silent past the start timeout, puts the flow
 //!   in `error` with the reason and its last log lines, and fails the triggers held for it.
 
+mod bad_streams;
 pub mod liveness;
 pub mod reaper;
 pub mod reconcile;
@@ -29,7 +30,8 @@ use pumphouse_pump::{channels, env, PumpEvent};
 use serde::Serialize;
 
 use crate::backend::{Backend, BackendError, BackendEvent, PumpSpec, PumpState};
-use crate::dispatcher::{Dispatcher, Outcome, Reports};
+use crate::dispatcher::{Dispatcher, Reports};
+use crate::locking::lock;
 use crate::manifest::{Manifest, ManifestError, DEFAULT_STOP_GRACE};
 use crate::metrics::Metrics;
 use crate::pump_users::{Credential, PumpUsers, PumpUsersError};
@@ -129,6 +131,10 @@ pub struct Supervisor {
     flow_locks: crate::flow_locks::FlowLocks,
     /// The lease fence this replica leads under (0: none).
     fence: AtomicI64,
+    /// Whether this replica leads: only the leader launches, stops and parks pumps, so a
+    /// process-backend pump is always a child of the leader and no two replicas race to start
+    /// one. Other replicas record the change and ask the leader ([`Supervisor::take_request`]).
+    leading: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
     pump_users: PumpUsers,
     /// When each flow's current start or wake began, for the cold-start histogram.
@@ -164,6 +170,7 @@ impl Supervisor {
             launches: Mutex::new(HashMap::new()),
             flow_locks: Default::default(),
             fence: AtomicI64::new(0),
+            leading: Default::default(),
         }
     }
 
@@ -177,11 +184,7 @@ impl Supervisor {
     }
 
     pub fn heartbeat(&self, flow_id: &str) -> Option<Heartbeat> {
-        self.heartbeats
-            .lock()
-            .expect("heartbeats lock")
-            .get(flow_id)
-            .cloned()
+        lock(&self.heartbeats).get(flow_id).cloned()
     }
 
     /// The environment a flow's pump gets: the flow's own variables, then the contract's.
@@ -225,12 +228,22 @@ impl Supervisor {
     }
 
     /// Starts the flow's pump on request, replacing any it had. The flow is `starting` until the
-    /// pump reports ready.
+    /// pump reports ready. On a replica that does not lead, the start is recorded and the
+    /// leader launches it.
     pub async fn start(
         self: &Arc<Self>,
         flow: &FlowRecord,
         actor: &str,
     ) -> Result<(), SupervisorError> {
+        if !self.leads() {
+            // Refused here as the leader would refuse it, so the caller hears why.
+            if let Err(source) = Manifest::parse(&flow.manifest) {
+                return Err(SupervisorError::Manifest {
+                    flow_id: flow.id.clone(),
+                    source,
+                });
+            }
+        }
         let instance_id = uuid::Uuid::new_v4().to_string();
         let reason = format!("start requested by {actor}");
         let mut t = Transition::new(status::STARTING, &reason, actor);
@@ -239,11 +252,52 @@ impl Supervisor {
         if !self.store.transition(&flow.id, t).await? {
             return Err(SupervisorError::NotFound(flow.id.clone()));
         }
-        self.crashes.lock().expect("crashes lock").remove(&flow.id);
+        if !self.leads() {
+            self.dispatcher.bus().notify_supervise(&flow.id).await;
+            return Ok(());
+        }
+        lock(&self.crashes).remove(&flow.id);
         self.launch(flow, &instance_id).await?;
         // A pump this start replaced hands back what it held.
         if let Some(previous) = flow.instance_id.as_deref().filter(|p| *p != instance_id) {
             self.requeue(&flow.id, previous).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this replica leads (see [`Supervisor::set_leading`]).
+    pub fn leads(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    /// Set by [`crate::leadership`] when this replica takes or loses the lead.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::SeqCst);
+    }
+
+    /// The leader's side of a start, stop or delete another replica recorded: launches a start
+    /// nobody has launched, finishes a stop, removes a deleted flow's pump. Anything else is
+    /// the reconcile step's.
+    pub async fn take_request(self: &Arc<Self>, flow_id: &str) -> Result<(), SupervisorError> {
+        let flow = self.store.get_flow(flow_id).await?;
+        match flow {
+            Some(flow) if flow.status == status::STARTING && !self.start_in_hand(flow_id) => {
+                let Some(instance_id) = flow.instance_id.clone() else {
+                    return Ok(());
+                };
+                let live = self.backend.inspect(flow_id).await?.filter(|p| {
+                    matches!(p.state, PumpState::Running | PumpState::Starting)
+                        && p.instance_id.as_deref() == Some(instance_id.as_str())
+                });
+                if live.is_none() {
+                    lock(&self.crashes).remove(flow_id);
+                    self.launch(&flow, &instance_id).await?;
+                }
+            }
+            Some(flow) if flow.status == status::STOPPED => self.finish_stop(&flow).await?,
+            _ => {
+                self.reconcile(flow_id).await?;
+            }
         }
         Ok(())
     }
@@ -294,6 +348,23 @@ impl Supervisor {
         Ok(true)
     }
 
+    /// Wakes the flow in the background: a trigger's caller is answered once the trigger is
+    /// recorded, not after a scale-down in progress or a store hiccup in the wake. A wake that
+    /// fails here is retried by the leader's housekeeping, which wakes every idle flow with
+    /// triggers held. Only the leader wakes.
+    pub fn wake_soon(self: &Arc<Self>, flow_id: &str) {
+        if !self.leads() {
+            return;
+        }
+        let this = self.clone();
+        let flow_id = flow_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = this.wake(&flow_id).await {
+                tracing::warn!(flow_id, error = %e, "waking the flow failed; housekeeping retries");
+            }
+        });
+    }
+
     /// Has the backend start `instance_id` of the flow's pump, already recorded as `starting`.
     ///
     /// Holds the flow's lock: a scale-down still parking the old pump (and switching its Redis
@@ -303,8 +374,8 @@ impl Supervisor {
         flow: &FlowRecord,
         instance_id: &str,
     ) -> Result<(), SupervisorError> {
-        let lock = self.flow_locks.get(&flow.id);
-        let _serial = lock.lock().await;
+        let flow_lock = self.flow_locks.get(&flow.id);
+        let _serial = flow_lock.lock().await;
         // Crash series exist from the first start, at zero, so an alert sees the first crash
         // as an increase.
         self.metrics
@@ -315,12 +386,14 @@ impl Supervisor {
             .restarts
             .with_label_values(&[flow.id.as_str()])
             .inc_by(0);
-        self.launched_at
-            .lock()
-            .expect("launched lock")
-            .insert(flow.id.clone(), std::time::Instant::now());
+        lock(&self.launched_at).insert(flow.id.clone(), std::time::Instant::now());
         self.dispatcher.close(&flow.id);
-        let manifest = match Manifest::parse(&flow.manifest) {
+        // Checked for the backend too: a manifest stored before a rule existed is refused here.
+        let checked = Manifest::parse(&flow.manifest).and_then(|m| {
+            m.check_for_backend(self.backend.name())?;
+            Ok(m)
+        });
+        let manifest = match checked {
             Ok(m) => m,
             Err(source) => {
                 let err = SupervisorError::Manifest {
@@ -407,7 +480,7 @@ impl Supervisor {
             }
         }
         let launch = {
-            let mut launches = self.launches.lock().expect("launches lock");
+            let mut launches = lock(&self.launches);
             let n = launches.entry(flow.id.clone()).or_default();
             *n += 1;
             *n
@@ -438,6 +511,10 @@ impl Supervisor {
         };
         let mut open = BTreeMap::new();
         for (name, s) in &sealed {
+            // Stored before such names were refused: still never handed to a pump.
+            if let Some(why) = crate::manifest::loader_variable(name, Some(self.backend.name())) {
+                return Ok(Err(format!("secret `{name}` {why}")));
+            }
             match key.open(flow_id, name, s) {
                 // The map's own String is not wiped on drop; the backend copies it anyway.
                 Ok(value) => open.insert(name.clone(), value.to_string()),
@@ -458,10 +535,7 @@ impl Supervisor {
         t.only_instance = Some(instance_id);
         if self.store.transition(flow_id, t).await? {
             self.revoke_pump_user(flow_id).await;
-            self.deadlines
-                .lock()
-                .expect("deadlines lock")
-                .disarm(flow_id);
+            lock(&self.deadlines).disarm(flow_id);
             self.dispatcher
                 .fail_flow(flow_id, &format!("the flow's pump did not start: {reason}"))
                 .await?;
@@ -471,12 +545,7 @@ impl Supervisor {
 
     async fn watch_start(&self, flow_id: String, instance_id: String, launch: u64) {
         tokio::time::sleep(self.settings.start_timeout).await;
-        let latest = self
-            .launches
-            .lock()
-            .expect("launches lock")
-            .get(&flow_id)
-            .copied();
+        let latest = lock(&self.launches).get(&flow_id).copied();
         if latest != Some(launch) {
             return;
         }
@@ -499,9 +568,9 @@ impl Supervisor {
         }
     }
 
-    /// Stops the flow's pump on request; triggers not yet acknowledged are marked failed.
+    /// Stops the flow's pump on request; triggers not yet acknowledged are marked failed. On a
+    /// replica that does not lead, the stop is recorded and the leader carries it out.
     pub async fn stop(&self, flow: &FlowRecord, actor: &str) -> Result<(), SupervisorError> {
-        let grace = stop_grace(flow);
         let reason = format!("stop requested by {actor}");
         let mut t = Transition::new(status::STOPPED, &reason, actor);
         t.desired = Some("stopped");
@@ -509,6 +578,16 @@ impl Supervisor {
         if !self.store.transition(&flow.id, t).await? {
             return Err(SupervisorError::NotFound(flow.id.clone()));
         }
+        if !self.leads() {
+            self.dispatcher.bus().notify_supervise(&flow.id).await;
+            return Ok(());
+        }
+        self.finish_stop(flow).await
+    }
+
+    /// The leader's part of a stop: the pump drains and goes, and what it did not finish fails.
+    async fn finish_stop(&self, flow: &FlowRecord) -> Result<(), SupervisorError> {
+        let grace = stop_grace(flow);
         self.forget(&flow.id);
         self.backend.stop(&flow.id, grace).await?;
         // After the stop: a draining pump still reports through Redis.
@@ -536,37 +615,22 @@ impl Supervisor {
     /// Whether this replica is starting the flow's pump, or will after a back-off.
     fn start_in_hand(&self, flow_id: &str) -> bool {
         let window = Duration::from_millis(self.abandoned_after_ms() as u64);
-        self.restarts_pending
-            .lock()
-            .expect("restarts lock")
-            .contains(flow_id)
-            || self
-                .launched_at
-                .lock()
-                .expect("launched lock")
+        lock(&self.restarts_pending).contains(flow_id)
+            || lock(&self.launched_at)
                 .get(flow_id)
                 .is_some_and(|at| at.elapsed() < window)
     }
 
     fn forget(&self, flow_id: &str) {
         self.dispatcher.close(flow_id);
-        self.liveness.lock().expect("liveness lock").forget(flow_id);
-        self.heartbeats
-            .lock()
-            .expect("heartbeats lock")
-            .remove(flow_id);
-        self.deadlines
-            .lock()
-            .expect("deadlines lock")
-            .disarm(flow_id);
+        lock(&self.liveness).forget(flow_id);
+        lock(&self.heartbeats).remove(flow_id);
+        lock(&self.deadlines).disarm(flow_id);
     }
 
     /// A trigger was accepted for the flow: its idle clock starts again.
     pub fn note_trigger(&self, flow_id: &str) {
-        self.deadlines
-            .lock()
-            .expect("deadlines lock")
-            .touch(flow_id, now_ms());
+        lock(&self.deadlines).touch(flow_id, now_ms());
     }
 
     /// Scales a running flow to zero if it is really idle: no execution in flight by its last
@@ -578,8 +642,8 @@ impl Supervisor {
     ) -> Result<bool, SupervisorError> {
         // A wake that races this (the flow shows `idle` before its pump is parked) launches
         // only once the pump is parked and its Redis user switched off; see `launch`.
-        let lock = self.flow_locks.get(flow_id);
-        let _serial = lock.lock().await;
+        let flow_lock = self.flow_locks.get(flow_id);
+        let _serial = flow_lock.lock().await;
         let Some(flow) = self.store.get_flow(flow_id).await? else {
             return Ok(false);
         };
@@ -593,7 +657,7 @@ impl Supervisor {
             || self.dispatcher.has_pending(flow_id)
             || quiet_since + timeout_ms > now;
         if busy {
-            let mut d = self.deadlines.lock().expect("deadlines lock");
+            let mut d = lock(&self.deadlines);
             d.arm(
                 flow_id,
                 timeout_ms,
@@ -635,29 +699,8 @@ impl Supervisor {
     /// is applied one by one, in order. Idempotent: events may be read twice.
     pub async fn apply_pump_events(&self, events: Vec<PumpEvent>) -> Result<(), StoreError> {
         let at = now_ms();
-        let mut reports = Reports::default();
-        let mut others = Vec::new();
-        for ev in events {
-            match ev {
-                PumpEvent::Ack {
-                    trigger_id,
-                    instance_id,
-                    ..
-                } => reports.acked(&trigger_id, &instance_id, at),
-                PumpEvent::Started {
-                    trigger_id,
-                    instance_id,
-                    ..
-                } => reports.started(&trigger_id, &instance_id, at),
-                PumpEvent::Completed {
-                    trigger_id, output, ..
-                } => reports.ended(&trigger_id, Outcome::Completed(output), at),
-                PumpEvent::Failed {
-                    trigger_id, error, ..
-                } => reports.ended(&trigger_id, Outcome::Failed(error), at),
-                other => others.push(other),
-            }
-        }
+        // The flow id of each event is its stream's: the bus drops events naming another flow.
+        let (reports, others) = Reports::fold(events, at);
         // Executions first: a `ready` in the same read opens a gate, and what the pump already
         // acknowledged should not be sent again through it.
         let mut applied = self.dispatcher.apply_reports(reports).await;
@@ -687,11 +730,7 @@ impl Supervisor {
                 t.only_instance = Some(&instance_id);
                 t.only_status = Some(status::STARTING);
                 if self.store.transition(&flow_id, t).await? {
-                    let launched = self
-                        .launched_at
-                        .lock()
-                        .expect("launched lock")
-                        .remove(&flow_id);
+                    let launched = lock(&self.launched_at).remove(&flow_id);
                     if let Some(at) = launched {
                         self.metrics.cold_start.observe(at.elapsed().as_secs_f64());
                     }
@@ -716,15 +755,12 @@ impl Supervisor {
                 processed,
             } => {
                 {
-                    let mut d = self.deadlines.lock().expect("deadlines lock");
+                    let mut d = lock(&self.deadlines);
                     d.touch(&flow_id, if in_flight > 0 { at } else { last_activity_ms });
                 }
                 self.metrics.pump_processed(&flow_id, processed);
-                self.liveness
-                    .lock()
-                    .expect("liveness lock")
-                    .heard(&flow_id, &instance_id, at);
-                self.heartbeats.lock().expect("heartbeats lock").insert(
+                lock(&self.liveness).heard(&flow_id, &instance_id, at);
+                lock(&self.heartbeats).insert(
                     flow_id,
                     Heartbeat {
                         instance_id,
@@ -753,17 +789,10 @@ impl Supervisor {
     async fn became_running(&self, flow_id: &str) -> Result<(), StoreError> {
         if let Some(flow) = self.store.get_flow(flow_id).await? {
             if let Some(instance_id) = &flow.instance_id {
-                self.liveness
-                    .lock()
-                    .expect("liveness lock")
-                    .watch(flow_id, instance_id, now_ms());
+                lock(&self.liveness).watch(flow_id, instance_id, now_ms());
             }
             if !flow.keep_alive {
-                self.deadlines.lock().expect("deadlines lock").arm(
-                    flow_id,
-                    flow.idle_timeout_ms,
-                    now_ms(),
-                );
+                lock(&self.deadlines).arm(flow_id, flow.idle_timeout_ms, now_ms());
             }
         }
         self.dispatcher.open(flow_id).await;
@@ -782,8 +811,8 @@ impl Supervisor {
         let Some(instance_id) = instance_id else {
             return Ok(());
         };
-        let lock = self.flow_locks.get(&flow_id);
-        let _serial = lock.lock().await;
+        let flow_lock = self.flow_locks.get(&flow_id);
+        let _serial = flow_lock.lock().await;
         let code_text = code.map_or("an unknown code".to_string(), |c| format!("code {c}"));
         let oom_text = if oom {
             " (killed for exceeding its memory limit)"
@@ -848,7 +877,7 @@ impl Supervisor {
         let now = now_ms();
         let window = self.settings.crash_window.as_millis() as i64;
         let crashes = {
-            let mut all = self.crashes.lock().expect("crashes lock");
+            let mut all = lock(&self.crashes);
             let times = all.entry(flow.id.clone()).or_default();
             times.retain(|t| now - t < window);
             times.push(now);
@@ -881,16 +910,10 @@ impl Supervisor {
         }
         let this = self.clone();
         let flow_id = flow.id.clone();
-        self.restarts_pending
-            .lock()
-            .expect("restarts lock")
-            .insert(flow_id.clone());
+        lock(&self.restarts_pending).insert(flow_id.clone());
         tokio::spawn(async move {
             tokio::time::sleep(backoff).await;
-            this.restarts_pending
-                .lock()
-                .expect("restarts lock")
-                .remove(&flow_id);
+            lock(&this.restarts_pending).remove(&flow_id);
             let Ok(Some(flow)) = this.store.get_flow(&flow_id).await else {
                 return;
             };
@@ -910,11 +933,7 @@ impl Supervisor {
     /// One housekeeping pass: scales down flows whose idle deadline passed, and wakes idle
     /// flows that have triggers waiting (a trigger that raced a scale-down lands here).
     pub async fn housekeep(self: &Arc<Self>) {
-        let due = self
-            .deadlines
-            .lock()
-            .expect("deadlines lock")
-            .pop_due(now_ms());
+        let due = lock(&self.deadlines).pop_due(now_ms());
         for (flow_id, timeout_ms) in due {
             if let Err(e) = self.scale_down_if_idle(&flow_id, timeout_ms).await {
                 tracing::warn!(flow_id, error = %e, "scaling down failed");
@@ -987,6 +1006,21 @@ impl Supervisor {
                 .await
             }
         };
+        let requests = {
+            let this = self.clone();
+            let bus = bus.clone();
+            async move {
+                bus.supervise_requests(|flow_id| {
+                    let this = this.clone();
+                    async move {
+                        if let Err(e) = this.take_request(&flow_id).await {
+                            tracing::warn!(flow_id, error = %e, "carrying out a start or stop another replica recorded failed; reconcile retries");
+                        }
+                    }
+                })
+                .await
+            }
+        };
         // Pump memory for the metrics, every 15 s: a Docker stats call per pump is not free.
         let memory = every(Duration::from_secs(15), || async {
             self.sample_memory().await;
@@ -1016,10 +1050,17 @@ impl Supervisor {
         let events = {
             let this = self.clone();
             async move {
-                bus.consume_events(&consumer, |events| {
-                    let this = this.clone();
-                    async move { this.apply_pump_events(events).await }
-                })
+                bus.consume_events(
+                    &consumer,
+                    |events| {
+                        let this = this.clone();
+                        async move { this.apply_pump_events(events).await }
+                    },
+                    // Not on the reader's path: the other flows' events are read meanwhile.
+                    |bad| {
+                        tokio::spawn(this.clone().events_stream_isolated(bad));
+                    },
+                )
                 .await
             }
         };
@@ -1074,6 +1115,7 @@ impl Supervisor {
             housekeeping,
             resync,
             accepted,
+            requests,
             sweep,
             memory,
             pump_users,
