@@ -21,6 +21,10 @@ pub struct Config {
     /// see how the supervisor treats a slow-starting pump.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub start_delay: Option<Duration>,
+    /// After SIGTERM, stop taking triggers and wait this long before draining and exiting:
+    /// a pump slow to stop, for seeing how the supervisor treats a slow scale-down or stop.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub stop_delay: Option<Duration>,
 }
 
 /// One step. Strings may hold `{{payload}}`, `{{payload.a.b}}`, `{{vars.name}}` or `{{trigger.id}}`.
@@ -153,11 +157,12 @@ mod tests {
     #[test]
     fn a_full_step_list_parses() {
         let c = Config::from_yaml(
-            "steps:\n  - log: hi {{payload.name}}\n  - set: {key: k, value: 1}\n  - get: {key: k, as: v}\n  - sleep: 10ms\n  - http: {url: 'http://127.0.0.1:1/x', as: r}\n  - respond: {ok: true}\n  - fail: boom\nstartDelay: 1s\n",
+            "steps:\n  - log: hi {{payload.name}}\n  - set: {key: k, value: 1}\n  - get: {key: k, as: v}\n  - sleep: 10ms\n  - http: {url: 'http://127.0.0.1:1/x', as: r}\n  - respond: {ok: true}\n  - fail: boom\nstartDelay: 1s\nstopDelay: 2s\n",
         )
         .unwrap();
         assert_eq!(c.steps.len(), 7);
         assert_eq!(c.start_delay, Some(Duration::from_secs(1)));
+        assert_eq!(c.stop_delay, Some(Duration::from_secs(2)));
     }
 
     #[test]

@@ -125,6 +125,7 @@ async fn run(s: Settings) -> Result<(), String> {
     );
 
     let start_delay = s.config.start_delay;
+    let stop_delay = s.config.stop_delay;
     let (events_tx, events_rx) = mpsc::unbounded_channel::<PumpEvent>();
     let stream = format!("{}{}", s.prefix, channels::EVENTS_KEY);
     let emitter = tokio::spawn(emit_events(redis.clone(), stream, events_rx));
@@ -184,6 +185,10 @@ async fn run(s: Settings) -> Result<(), String> {
     // Stop taking triggers; the subscriber drops its sender, so the worker ends once the queue
     // it already accepted is done.
     let _ = stop_tx.send(true);
+    if let Some(delay) = stop_delay {
+        eprintln!("pump: waiting {delay:?} before draining (stopDelay)");
+        tokio::time::sleep(delay).await;
+    }
     let _ = subscriber.await;
     let _ = worker.await;
     heartbeat.abort();

@@ -493,3 +493,27 @@ async fn a_recorded_trigger_is_accepted_even_when_the_wake_fails() {
     let done = app.wait_execution(&flow, &id).await;
     assert_eq!(done["output"], json!(7), "{done:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_during_a_slow_scale_down_is_answered_before_the_scale_down_ends() {
+    // The pump takes 5 s to stop (stopDelay): a webhook in that window is recorded and
+    // answered at once, and runs on the next pump once the old one is gone.
+    let app = TestApp::spawn(Backend::Process).await;
+    let slow = "name: slow-to-stop\nidleTimeout: 1s\nstopGrace: 20s\nconfig:\n  stopDelay: 5s\n  steps:\n    - respond: '{{payload.n}}'\n";
+    let flow = app.create_flow(slow).await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    app.wait_status(&flow, "idle").await;
+    let asked = Instant::now();
+    let (code, body) = app.webhook(&flow, &json!({"n": 7})).await;
+    let answered = asked.elapsed();
+    assert_eq!(code, 202, "{body}");
+    assert!(
+        answered < Duration::from_millis(2500),
+        "the webhook waited {answered:?} for a scale-down that takes 5 s"
+    );
+    let id = body["execution_id"].as_str().unwrap();
+    let exec = app.wait_execution(&flow, id).await;
+    assert_eq!(exec["status"], "completed", "{exec:#}");
+    assert_eq!(exec["output"], 7);
+}
