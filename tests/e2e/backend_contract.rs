@@ -17,7 +17,8 @@ use pumphouse_pump::{channels, env};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn spec(redis: &RedisServer, flow_id: &str, instance_id: &str, config: &str) -> PumpSpec {
+/// A pump spec as the supervisor would make it, with `redis_url` as its secret Redis URL.
+pub(crate) fn spec(redis_url: &str, flow_id: &str, instance_id: &str, config: &str) -> PumpSpec {
     let plain = BTreeMap::from([
         (env::FLOW_ID.to_string(), flow_id.to_string()),
         (env::TENANT_ID.to_string(), "default".to_string()),
@@ -33,7 +34,7 @@ fn spec(redis: &RedisServer, flow_id: &str, instance_id: &str, config: &str) -> 
             env::ORGANISM_YAML.to_string(),
             base64::engine::general_purpose::STANDARD.encode(config),
         ),
-        (env::REDIS_URL.to_string(), redis.url()),
+        (env::REDIS_URL.to_string(), redis_url.to_string()),
     ]);
     PumpSpec {
         flow_id: flow_id.to_string(),
@@ -89,7 +90,7 @@ async fn contract_suite(backend: Arc<dyn Backend>, redis: &RedisServer) {
 
     // start: one pump with the spec's instance id, listed, its output readable.
     let started = backend
-        .start(&spec(redis, &flow, "i-1", good))
+        .start(&spec(&redis.url(), &flow, "i-1", good))
         .await
         .unwrap();
     assert_eq!(started.flow_id, flow);
@@ -108,7 +109,7 @@ async fn contract_suite(backend: Arc<dyn Backend>, redis: &RedisServer) {
 
     // start again: the new pump replaces the old; exactly one for the flow.
     backend
-        .start(&spec(redis, &flow, "i-2", good))
+        .start(&spec(&redis.url(), &flow, "i-2", good))
         .await
         .unwrap();
     wait_inspect(&*backend, &flow, "the replacing pump never ran", |s| {
@@ -133,7 +134,7 @@ async fn contract_suite(backend: Arc<dyn Backend>, redis: &RedisServer) {
     })
     .await;
     backend
-        .start(&spec(redis, &flow, "i-3", good))
+        .start(&spec(&redis.url(), &flow, "i-3", good))
         .await
         .unwrap();
     wait_inspect(&*backend, &flow, "the pump never ran after parking", |s| {
@@ -159,7 +160,12 @@ async fn contract_suite(backend: Arc<dyn Backend>, redis: &RedisServer) {
     // backend was asked for above were not reported at all.
     let crashing = uuid::Uuid::new_v4().to_string();
     backend
-        .start(&spec(redis, &crashing, "c-1", "steps: [not, a, step]\n"))
+        .start(&spec(
+            &redis.url(),
+            &crashing,
+            "c-1",
+            "steps: [not, a, step]\n",
+        ))
         .await
         .unwrap();
     let mut seen = Vec::new();

@@ -8,6 +8,7 @@ mod cli;
 mod flows;
 mod hostile_input;
 mod hostile_pumps;
+mod kubernetes;
 mod observability;
 mod redis_isolation;
 mod replicas;

@@ -5,6 +5,8 @@
 //! cluster, and its own `cluster` label for pump containers. A missing dependency fails loudly
 //! with the command that fixes it. Set `TEST_LOG=1` to see the orchestrator's logs.
 
+pub mod kubernetes;
+
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -272,9 +272,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let backend = state
         .supervisor
         .backend()
-        .list()
+        .ready()
         .await
-        .map(|_| ())
         .map_err(|e| e.to_string());
     let ready = store.is_ok() && redis.is_ok() && backend.is_ok();
     let show = |r: &Result<(), String>| match r {

@@ -29,7 +29,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::Client;
 
@@ -81,15 +81,14 @@ pub struct KubernetesConfig {
 
 /// What went wrong talking to Kubernetes. The API server's own message is kept for the
 /// Deployment, whose body holds no secret values; for the Secret it is left out, since a
-/// validation message may quote a value.
+/// validation message may quote a value. kube's errors already say their own causes in their
+/// message, so they are kept as `cause`, not as an error source: a printed chain would say each
+/// cause again (a missing kubeconfig was named four times).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KubernetesError {
-    #[error("cannot configure a Kubernetes client: {source}; run the orchestrator in a pod with a service account, or point KUBECONFIG at a kubeconfig")]
-    Config {
-        #[source]
-        source: kube::Error,
-    },
+    #[error("cannot configure a Kubernetes client: {cause}; run the orchestrator in a pod with a service account, or point KUBECONFIG at a kubeconfig")]
+    Config { cause: kube::Error },
     #[error("`{value}` cannot be used as the {what}: it must be 1 to {max} lowercase letters, digits or `-`, starting and ending with a letter or digit; change --{flag}")]
     BadName {
         what: &'static str,
@@ -97,13 +96,12 @@ pub enum KubernetesError {
         value: String,
         max: usize,
     },
-    #[error("cannot {action} {subject}: {source}; check that the Kubernetes API server is reachable from the orchestrator")]
+    #[error("cannot {action} {subject}: {cause}; check that the Kubernetes API server is reachable from the orchestrator")]
     Unreachable {
         action: &'static str,
         /// `of flow <id>`, or `in namespace <ns>` for what concerns every pump.
         subject: String,
-        #[source]
-        source: kube::Error,
+        cause: kube::Error,
     },
     #[error("Kubernetes refused to {action} {subject} ({code} {reason}){message}; {hint}")]
     Refused {
@@ -149,7 +147,16 @@ impl KubernetesBackend {
     pub async fn connect(config: KubernetesConfig) -> Result<KubernetesBackend, BackendError> {
         let client = Client::try_default()
             .await
-            .map_err(|source| KubernetesError::Config { source })?;
+            .map_err(|cause| KubernetesError::Config { cause })?;
+        KubernetesBackend::connect_with_client(client, config).await
+    }
+
+    /// [`KubernetesBackend::connect`] on a client of the caller's (the tests sign in as the
+    /// chart's ServiceAccount with a token of their own).
+    pub async fn connect_with_client(
+        client: Client,
+        config: KubernetesConfig,
+    ) -> Result<KubernetesBackend, BackendError> {
         let backend = KubernetesBackend::with_client(client, config)?;
         backend.check().await?;
         Ok(backend)
@@ -212,6 +219,9 @@ impl KubernetesBackend {
         format!("{},{}={flow_id}", self.owner_selector(), labels::FLOW)
     }
 
+    /// Lists the pumps' Deployments, then makes a Secret in a dry run: a list in a namespace
+    /// that does not exist answers an empty list, and only a write says the namespace is
+    /// missing (a 404), which would otherwise first show when a flow starts.
     async fn check(&self) -> Result<(), BackendError> {
         self.deployments()
             .list_metadata(
@@ -221,6 +231,18 @@ impl KubernetesBackend {
             )
             .await
             .map_err(|e| self.error("list the Deployments", "*", e, false))?;
+        let mut probe = Secret::default();
+        probe.metadata.name = Some(format!("pumphouse-{}-readiness", self.config.cluster));
+        let params = PostParams {
+            dry_run: true,
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+        };
+        match self.secrets().create(&params, &probe).await {
+            // Someone made a Secret of that name: the namespace exists and creating is allowed.
+            Ok(_) => {}
+            Err(kube::Error::Api(resp)) if resp.code == 409 => {}
+            Err(e) => return Err(self.error("create a Secret (dry run)", "*", e, false)),
+        }
         tracing::debug!(namespace = %self.namespace, cluster = %self.config.cluster, "connected to Kubernetes");
         Ok(())
     }
@@ -398,7 +420,7 @@ impl KubernetesBackend {
             return KubernetesError::Unreachable {
                 action,
                 subject,
-                source: e,
+                cause: e,
             }
             .into();
         };
@@ -658,9 +680,14 @@ impl Backend for KubernetesBackend {
             .await
             .map_err(|e| self.error("apply the Secret", flow_id, e, true))?;
         let deployment = self.deployment(spec, secret.metadata.resource_version.as_deref())?;
-        self.apply(&self.deployments(), &name, &deployment)
-            .await
-            .map_err(|e| self.error("apply the Deployment", flow_id, e, false))?;
+        if let Err(e) = self.apply(&self.deployments(), &name, &deployment).await {
+            // A start that failed leaves nothing: the flow goes to `error`, which has no pump,
+            // and a Secret alone would keep the flow's config and credentials in the cluster.
+            if let Err(cleanup) = self.delete(&self.secrets(), &name).await {
+                tracing::warn!(flow_id, error = %self.error("delete the Secret", flow_id, cleanup, true), "a failed start left its Secret behind");
+            }
+            return Err(self.error("apply the Deployment", flow_id, e, false));
+        }
         tracing::debug!(flow_id, instance_id = %spec.instance_id, deployment = %name, namespace = %self.namespace, "pump deployment applied");
         Ok(PumpStatus {
             flow_id: flow_id.to_owned(),
@@ -723,6 +750,10 @@ impl Backend for KubernetesBackend {
             self.flow_pods(flow_id).await?
         };
         Ok(status_of(name, &deployment, &pods))
+    }
+
+    async fn ready(&self) -> Result<(), BackendError> {
+        self.check().await
     }
 
     async fn list(&self) -> Result<Vec<PumpStatus>, BackendError> {

@@ -243,6 +243,12 @@ pub trait Backend: Send + Sync {
     /// Every pump this orchestrator owns.
     async fn list(&self) -> Result<Vec<PumpStatus>, BackendError>;
 
+    /// Whether the backend can do its work now, for `/readyz`: by default, whether it can list
+    /// its pumps.
+    async fn ready(&self) -> Result<(), BackendError> {
+        self.list().await.map(|_| ())
+    }
+
     /// The last `tail` lines of the pump's output (stdout and stderr, interleaved).
     async fn logs(&self, flow_id: &str, tail: usize) -> Result<Vec<String>, BackendError>;
 

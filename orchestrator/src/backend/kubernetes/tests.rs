@@ -466,6 +466,13 @@ async fn a_refused_deployment_says_why_in_the_servers_words() {
             "Invalid",
             "spec.template.spec.containers[0].image: Required value",
         );
+        // A start that failed leaves no Secret behind.
+        api.expect("DELETE", &format!("{SECRETS}/{NAME}"), &[])
+            .await
+            .answer(
+                200,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            );
     })
     .await
     .unwrap_err();
@@ -495,6 +502,9 @@ async fn a_conflicting_apply_is_tried_once_more() {
             .expect("PATCH", &format!("{DEPLOYMENTS}/{NAME}"), APPLY)
             .await;
         d.fail(409, "Conflict", "the object has been modified");
+        api.expect("DELETE", &format!("{SECRETS}/{NAME}"), &[])
+            .await
+            .fail(404, "NotFound", "gone already");
     })
     .await;
     let text = status.unwrap_err().to_string();

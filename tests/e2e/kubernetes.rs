@@ -1,0 +1,506 @@
+//! The Kubernetes backend and the chart against a real API server (etcd, kube-apiserver with
+//! Node,RBAC and PodSecurity, controller-manager and scheduler, started by `ops/test.sh`).
+//!
+//! The backend signs in as the chart's ServiceAccount, with the Role `helm template` renders,
+//! never as admin; admin only sets up and reads back. Every test has namespaces of its own, the
+//! pumps' one enforcing PodSecurity `restricted`.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::rbac::v1::Role;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use pumphouse::backend::kubernetes::{KubernetesBackend, KubernetesConfig};
+use pumphouse::backend::{Backend, PumpState};
+use pumphouse_e2e::kubernetes::{ChartAccount, KubeCluster, TestNamespace};
+use pumphouse_e2e::{TempDir, DEADLINE};
+
+use crate::backend_contract::spec;
+
+/// A test's namespaces, the chart's account in them, and a backend signed in as it.
+struct Setup {
+    admin: kube::Client,
+    /// Held for its drop, which deletes the namespace.
+    _release: TestNamespace,
+    pumps: TestNamespace,
+    account: ChartAccount,
+    backend: KubernetesBackend,
+}
+
+async fn setup(edit_role: impl FnOnce(&mut Role)) -> Setup {
+    let cluster = KubeCluster::get();
+    let admin = cluster.admin().await;
+    let release = cluster.namespace("ph-release", false).await;
+    let pumps = cluster.namespace("ph-pumps", true).await;
+    let account = cluster
+        .chart_account(&release.name, &pumps.name, edit_role)
+        .await;
+    let backend = KubernetesBackend::connect_with_client(
+        account.client.clone(),
+        KubernetesConfig {
+            namespace: Some(pumps.name.clone()),
+            cluster: "test".into(),
+            image_pull_secret: None,
+        },
+    )
+    .await
+    .expect("the chart's Role lets the backend's start-up check pass");
+    Setup {
+        admin,
+        _release: release,
+        pumps,
+        account,
+        backend,
+    }
+}
+
+impl Setup {
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.admin.clone(), &self.pumps.name)
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.admin.clone(), &self.pumps.name)
+    }
+
+    async fn pods(&self, flow: &str) -> Vec<Pod> {
+        Api::<Pod>::namespaced(self.admin.clone(), &self.pumps.name)
+            .list(&ListParams::default().labels(&format!("pumphouse.dev/flow={flow}")))
+            .await
+            .expect("listing pods as admin")
+            .items
+    }
+
+    /// Waits until `ok` holds for the flow's pods, as admin sees them.
+    async fn wait_pods(&self, flow: &str, what: &str, ok: impl Fn(&[Pod]) -> bool) {
+        let started = Instant::now();
+        loop {
+            let pods = self.pods(flow).await;
+            if ok(&pods) {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "{what}; pods: {pods:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn secret_url() -> String {
+    format!("redis://pump:{}@127.0.0.1:1", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_role_is_all_the_backend_needs_and_secrets_stay_out_of_the_pod_spec() {
+    let s = setup(|_| {}).await;
+    let flow = uuid::Uuid::new_v4().to_string();
+    let url = secret_url();
+    let pump = spec(&url, &flow, "i-1", "steps:\n- log: hello\n");
+    let name = s.backend.object_name(&flow);
+
+    let started = s
+        .backend
+        .start(&pump)
+        .await
+        .expect("start as the chart's ServiceAccount");
+    assert_eq!(started.state, PumpState::Starting);
+
+    // Read back from the API server: the pod template refers to the Secret's keys and holds no
+    // secret value; the Secret holds them.
+    let deployment = s
+        .deployments()
+        .get(&name)
+        .await
+        .expect("the Deployment exists");
+    let text = serde_json::to_string(&deployment).unwrap();
+    assert!(
+        !text.contains(&url),
+        "the Redis URL is inlined in the Deployment: {text}"
+    );
+    let container = &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let redis_env = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "REDIS_URL")
+        .expect("REDIS_URL is in the pod's env");
+    assert!(
+        redis_env.value.is_none(),
+        "REDIS_URL has a value: {redis_env:?}"
+    );
+    let key_ref = redis_env
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("REDIS_URL comes from the Secret");
+    assert_eq!(key_ref.name, name);
+    let secret = s.secrets().get(&name).await.expect("the Secret exists");
+    assert_eq!(
+        secret.data.unwrap()["REDIS_URL"].0,
+        url.as_bytes(),
+        "the Secret holds the Redis URL"
+    );
+
+    // PodSecurity `restricted` admits the pod the backend asks for: the ReplicaSet makes it.
+    s.wait_pods(&flow, "no pod was admitted for the pump", |p| !p.is_empty())
+        .await;
+    let inspected = s
+        .backend
+        .inspect(&flow)
+        .await
+        .unwrap()
+        .expect("inspect sees the pump");
+    assert_eq!(inspected.instance_id.as_deref(), Some("i-1"));
+    assert!(
+        s.backend
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.flow_id == flow),
+        "list shows the pump"
+    );
+    s.backend
+        .ready()
+        .await
+        .expect("ready as the chart's ServiceAccount");
+
+    // Park: zero replicas, no pod, the Deployment and Secret kept for a one-apply wake.
+    s.backend.park(&flow, Duration::from_secs(5)).await.unwrap();
+    let parked = s.deployments().get(&name).await.unwrap();
+    assert_eq!(parked.spec.unwrap().replicas, Some(0));
+    assert!(s.pods(&flow).await.is_empty(), "a parked flow has no pod");
+    assert!(matches!(
+        s.backend.inspect(&flow).await.unwrap().unwrap().state,
+        PumpState::Exited { .. }
+    ));
+    s.backend
+        .start(&spec(&url, &flow, "i-2", "steps:\n- log: hello\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.deployments()
+            .get(&name)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(1)
+    );
+
+    // Stop: nothing left, and stopping again is fine.
+    s.backend.stop(&flow, Duration::from_secs(5)).await.unwrap();
+    assert!(s.deployments().get_opt(&name).await.unwrap().is_none());
+    assert!(s.secrets().get_opt(&name).await.unwrap().is_none());
+    assert!(s.pods(&flow).await.is_empty(), "a stopped flow has no pod");
+    s.backend.stop(&flow, Duration::from_secs(5)).await.unwrap();
+}
+
+/// Removes `verb` from the Role's rule for `resource`.
+fn without(resource: &'static str, verb: &'static str) -> impl FnOnce(&mut Role) {
+    move |role: &mut Role| {
+        for rule in role.rules.iter_mut().flatten() {
+            if rule.resources.iter().flatten().any(|r| r == resource) {
+                rule.verbs.retain(|v| v != verb);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verb_missing_from_the_role_fails_with_the_api_servers_403() {
+    let s = setup(without("deployments", "delete")).await;
+    let flow = uuid::Uuid::new_v4().to_string();
+    s.backend
+        .start(&spec(&secret_url(), &flow, "i-1", "steps: []\n"))
+        .await
+        .expect("start needs no delete");
+    let err = s
+        .backend
+        .stop(&flow, Duration::from_secs(5))
+        .await
+        .expect_err("stop cannot delete the Deployment without the verb");
+    let msg = err.to_string();
+    assert!(msg.contains("403"), "no 403 in: {msg}");
+    assert!(
+        msg.contains(&format!(
+            "User \"{}\" cannot delete resource \"deployments\"",
+            s.account.user
+        )),
+        "the API server's own message is not in: {msg}"
+    );
+    assert!(
+        msg.contains("install the chart's Role"),
+        "no advice in: {msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_deployment_leaves_no_secret_behind() {
+    let s = setup(without("deployments", "patch")).await;
+    let flow = uuid::Uuid::new_v4().to_string();
+    let err = s
+        .backend
+        .start(&spec(&secret_url(), &flow, "i-1", "steps: []\n"))
+        .await
+        .expect_err("an apply is a patch");
+    assert!(err.to_string().contains("403"), "{err}");
+    let name = s.backend.object_name(&flow);
+    assert!(
+        s.secrets().get_opt(&name).await.unwrap().is_none(),
+        "the failed start left its Secret"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_pumps_namespace_does_not_exist() {
+    let cluster = KubeCluster::get();
+    let missing = pumphouse_e2e::unique("ph-missing");
+    // As admin: a list in a missing namespace answers an empty list, so only a write tells.
+    let err = KubernetesBackend::connect_with_client(
+        cluster.admin().await,
+        KubernetesConfig {
+            namespace: Some(missing.clone()),
+            cluster: "test".into(),
+            image_pull_secret: None,
+        },
+    )
+    .await
+    .expect_err("a missing namespace is not ready");
+    let msg = err.to_string();
+    assert!(msg.contains("404"), "{msg}");
+    assert!(
+        msg.contains(&format!("does namespace `{missing}` exist?")),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_takes_back_the_fields_another_manager_changed() {
+    let s = setup(|_| {}).await;
+    let flow = uuid::Uuid::new_v4().to_string();
+    let url = secret_url();
+    let pump = spec(&url, &flow, "i-1", "steps: []\n");
+    s.backend.start(&pump).await.unwrap();
+    let name = s.backend.object_name(&flow);
+    let intruder = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "pump", "image": "intruder/pump:evil"}
+        ]}}}
+    });
+    // Without force, another manager cannot take pumphouse's fields: the server says who owns them.
+    let conflict = s
+        .deployments()
+        .patch(
+            &name,
+            &PatchParams::apply("intruder"),
+            &Patch::Apply(&intruder),
+        )
+        .await
+        .expect_err("pumphouse owns the image");
+    let kube::Error::Api(resp) = conflict else {
+        panic!("not an API error: {conflict}")
+    };
+    assert_eq!(resp.code, 409, "{resp:?}");
+    assert!(
+        resp.message.contains("conflict with \"pumphouse\""),
+        "{}",
+        resp.message
+    );
+    // Forced, it does; the next apply (a reconcile's, a wake's) takes the field back.
+    s.deployments()
+        .patch(
+            &name,
+            &PatchParams::apply("intruder").force(),
+            &Patch::Apply(&intruder),
+        )
+        .await
+        .unwrap();
+    let image = |d: Deployment| {
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .clone()
+    };
+    assert_eq!(
+        image(s.deployments().get(&name).await.unwrap()).as_deref(),
+        Some("intruder/pump:evil")
+    );
+    s.backend
+        .start(&pump)
+        .await
+        .expect("pumphouse's apply forces its fields back");
+    let after = s.deployments().get(&name).await.unwrap();
+    assert_eq!(
+        image(after.clone()).as_deref(),
+        Some(pumphouse_e2e::PUMP_IMAGE)
+    );
+    let managers: Vec<_> = after
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(managers.iter().any(|m| m == "pumphouse"), "{managers:?}");
+    s.backend.stop(&flow, Duration::from_secs(5)).await.unwrap();
+}
+
+/// `helm` from the build, failing the test with its output when it fails.
+fn helm(cluster: &KubeCluster, home: &TempDir, args: &[&str]) -> String {
+    let out = cluster
+        .helm(&home.0)
+        .args(args)
+        .output()
+        .expect("running helm");
+    assert!(
+        out.status.success(),
+        "helm {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_with_real_helm() {
+    let cluster = KubeCluster::get();
+    let admin = cluster.admin().await;
+    let release = cluster.namespace("ph-helm", false).await;
+    let pumps = cluster.namespace("ph-helm-pumps", true).await;
+    let home = TempDir::new("pumphouse-helm");
+    let ns = release.name.as_str();
+    let pumps_ns = format!("pumps.namespace={}", pumps.name);
+    let common = [
+        "--namespace",
+        ns,
+        "--set",
+        &pumps_ns,
+        "--set",
+        "secrets.redisUrl=redis://admin:x@redis:6379",
+        "--set",
+        "secrets.apiToken=test-token",
+    ];
+    let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
+    let setting = |cm: ConfigMap, key: &str| cm.data.unwrap_or_default().get(key).cloned();
+    let configmap = async |cm: &Api<ConfigMap>| {
+        cm.list(&ListParams::default().labels("app.kubernetes.io/instance=ph"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+            .expect("the chart's ConfigMap")
+    };
+
+    let mut args = vec!["install", "ph", "charts/pumphouse"];
+    args.extend(common);
+    helm(&cluster, &home, &args);
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
+    let installed = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(
+        installed.len(),
+        1,
+        "the orchestrator's Deployment: {installed:?}"
+    );
+    assert_eq!(
+        setting(configmap(&configmaps).await, "PUMPHOUSE_START_TIMEOUT"),
+        None
+    );
+
+    let mut args = vec![
+        "upgrade",
+        "ph",
+        "charts/pumphouse",
+        "--set",
+        "config.extra.PUMPHOUSE_START_TIMEOUT=90s",
+    ];
+    args.extend(common);
+    helm(&cluster, &home, &args);
+    assert_eq!(
+        setting(configmap(&configmaps).await, "PUMPHOUSE_START_TIMEOUT").as_deref(),
+        Some("90s"),
+        "the upgraded value reached the orchestrator's settings"
+    );
+    let history = helm(&cluster, &home, &["history", "ph", "--namespace", ns]);
+    assert!(history.lines().count() >= 3, "two revisions: {history}");
+
+    helm(&cluster, &home, &["rollback", "ph", "1", "--namespace", ns]);
+    assert_eq!(
+        setting(configmap(&configmaps).await, "PUMPHOUSE_START_TIMEOUT"),
+        None,
+        "the rollback took the value away"
+    );
+
+    helm(&cluster, &home, &["uninstall", "ph", "--namespace", ns]);
+    assert!(deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let roles: Api<Role> = Api::namespaced(admin, &pumps.name);
+    assert!(
+        roles
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "the Role in the pumps' namespace went with the release"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeconfig_that_cannot_be_read_is_named_once_with_what_to_do() {
+    let redis = pumphouse_e2e::RedisServer::start().await;
+    let dir = TempDir::new("pumphouse-kubeconfig");
+    let missing = dir.0.join("no-such-kubeconfig");
+    let out = std::process::Command::new(pumphouse_e2e::pumphouse_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "kubernetes",
+        ])
+        .env(
+            "PUMPHOUSE_STORE",
+            format!("sqlite://{}", dir.0.join("db").display()),
+        )
+        .env("PUMPHOUSE_REDIS", redis.url())
+        .env("KUBECONFIG", &missing)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("running pumphouse serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let shown = missing.display().to_string();
+    assert_eq!(
+        stderr.matches(&shown).count(),
+        1,
+        "the kubeconfig's path is not said exactly once:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("point KUBECONFIG at a kubeconfig"),
+        "{stderr}"
+    );
+}
