@@ -17,6 +17,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v docker-compose >/dev/null || missing+=(docker-compose)   # the compose smoke test
 command -v debootstrap >/dev/null || missing+=(debootstrap)         # its Redis/PostgreSQL images
+[[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)  # the test Kubernetes node's pod network
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)  # kubernetes-validate's and schemathesis' venvs
 if ((${#missing[@]})); then
     [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}"
@@ -68,11 +69,14 @@ ops/check-alerts.sh
 cargo build --workspace --bins --locked
 ops/build-images.sh
 
-# 7. The suite, with a real Kubernetes control plane on loopback for tests/e2e/kubernetes.rs
-# (started in seconds from the cached binaries, stopped when this script ends).
+# 7. The suite, with a real Kubernetes cluster for tests/e2e/kubernetes.rs: a control plane on
+# loopback and one node (kubelet, a private containerd, a bridge network) with the pump image
+# imported; started in seconds from the cached binaries, stopped when this script ends.
 kube_dir="$repo/target/kube-test"
-trap 'ops/kubernetes/cluster.sh down "$kube_dir"' EXIT
+trap 'ops/kubernetes/node.sh down "$kube_dir"; ops/kubernetes/cluster.sh down "$kube_dir"' EXIT
 ops/kubernetes/cluster.sh up "$kube_dir" >/dev/null
+ops/kubernetes/node.sh up "$kube_dir"
+ops/kubernetes/node.sh import "$kube_dir" pumphouse/pump:dev
 PUMPHOUSE_TEST_KUBE_DIR="$kube_dir" cargo nextest run --workspace --locked --no-fail-fast "$@"
 
 # 8. Hostile input: each fuzz target for FUZZ_SECONDS (60), then schemathesis against the

@@ -16,7 +16,7 @@ use pumphouse::backend::{Backend, PumpState};
 use pumphouse_e2e::kubernetes::{ChartAccount, KubeCluster, TestNamespace};
 use pumphouse_e2e::{TempDir, DEADLINE};
 
-use crate::backend_contract::spec;
+use crate::backend_contract::{contract_suite, spec};
 
 /// A test's namespaces, the chart's account in them, and a backend signed in as it.
 struct Setup {
@@ -503,4 +503,18 @@ async fn a_kubeconfig_that_cannot_be_read_is_named_once_with_what_to_do() {
         stderr.contains("point KUBECONFIG at a kubeconfig"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_backend_keeps_the_backend_contract() {
+    // Real pods on the suite's node, reaching Redis at the node's address.
+    let s = setup(|_| {}).await;
+    let node_ip = KubeCluster::get().node_ip().to_string();
+    let redis = pumphouse_e2e::RedisServer::start_reachable_from(&node_ip).await;
+    contract_suite(
+        std::sync::Arc::new(s.backend.clone()),
+        &redis.url_at(&node_ip),
+        true,
+    )
+    .await;
 }

@@ -35,6 +35,8 @@ pub struct KubeCluster {
     pub server: String,
     /// Where the built components (and helm) are.
     pub bin: PathBuf,
+    /// The address of the node `ops/kubernetes/node.sh` joined, if one did.
+    node_ip: Option<String>,
 }
 
 impl KubeCluster {
@@ -58,11 +60,28 @@ impl KubeCluster {
                 .unwrap_or_else(|| panic!("{}/env has no {name}; {fix}", dir.display()))
                 .to_string()
         };
+        let node_ip = env
+            .lines()
+            .find_map(|l| l.strip_prefix("PUMPHOUSE_TEST_KUBE_NODE_IP="))
+            .map(str::to_string);
         KubeCluster {
             server: var("PUMPHOUSE_TEST_KUBE_SERVER"),
             bin: PathBuf::from(var("PUMPHOUSE_TEST_KUBE_BIN")),
             dir,
+            node_ip,
         }
+    }
+
+    /// The address of the cluster's node, where pods reach the host; fails loudly when no node
+    /// has joined.
+    pub fn node_ip(&self) -> &str {
+        self.node_ip.as_deref().unwrap_or_else(|| {
+            panic!(
+                "no node has joined the cluster in {}, so no pod can run; ops/test.sh joins one; by hand: \
+                 `ops/kubernetes/node.sh up {0} && ops/kubernetes/node.sh import {0} pumphouse/pump:dev`",
+                self.dir.display()
+            )
+        })
     }
 
     pub fn admin_kubeconfig(&self) -> PathBuf {

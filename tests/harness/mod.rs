@@ -80,25 +80,38 @@ pub struct RedisServer {
     /// Holds the append-only file, so a restart keeps streams and consumer groups, as a
     /// production Redis with persistence would.
     dir: TempDir,
+    /// Where it listens: loopback, and for Kubernetes pumps the test node's address too.
+    bind: String,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        Self::start_bound("127.0.0.1".to_string()).await
+    }
+
+    /// Listening on `addr` as well as loopback: pods on the test Kubernetes node reach the host
+    /// at the node's address, never at its loopback.
+    pub async fn start_reachable_from(addr: &str) -> RedisServer {
+        Self::start_bound(format!("127.0.0.1 {addr}")).await
+    }
+
+    async fn start_bound(bind: String) -> RedisServer {
         let dir = TempDir::new("pumphouse-redis");
         let port = free_port();
         let password = uuid::Uuid::new_v4().simple().to_string();
-        let child = Self::spawn(port, &password, &dir.0);
+        let child = Self::spawn(port, &password, &dir.0, &bind);
         let server = RedisServer {
             port,
             password,
             child,
             dir,
+            bind,
         };
         server.wait_ready().await;
         server
     }
 
-    fn spawn(port: u16, password: &str, dir: &Path) -> Child {
+    fn spawn(port: u16, password: &str, dir: &Path, bind: &str) -> Child {
         let bin = require_program(
             "redis-server",
             "run ops/test.sh (it installs it) or `apt-get install -y redis-server`",
@@ -108,7 +121,7 @@ impl RedisServer {
                 "--port",
                 &port.to_string(),
                 "--bind",
-                "127.0.0.1",
+                bind,
                 "--save",
                 "",
                 "--requirepass",
@@ -150,13 +163,18 @@ impl RedisServer {
 
     /// Starts it again on the same port with the same data.
     pub async fn restart(&mut self) {
-        self.child = Self::spawn(self.port, &self.password, &self.dir.0);
+        self.child = Self::spawn(self.port, &self.password, &self.dir.0, &self.bind);
         self.wait_ready().await;
     }
 
     /// Signs in as the admin user.
     pub fn url(&self) -> String {
-        format!("redis://default:{}@127.0.0.1:{}", self.password, self.port)
+        self.url_at("127.0.0.1")
+    }
+
+    /// Signs in as the admin user at `host` (one it listens on).
+    pub fn url_at(&self, host: &str) -> String {
+        format!("redis://default:{}@{host}:{}", self.password, self.port)
     }
 }
 
