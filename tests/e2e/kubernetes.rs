@@ -518,3 +518,179 @@ async fn the_kubernetes_backend_keeps_the_backend_contract() {
     )
     .await;
 }
+
+/// An orchestrator on Kubernetes as the chart runs it: signed in as the chart's ServiceAccount,
+/// its pumps pods on the suite's node in a `restricted` namespace.
+struct KubeApp {
+    app: pumphouse_e2e::TestApp,
+    admin: kube::Client,
+    pumps: TestNamespace,
+    _release: TestNamespace,
+    _account: ChartAccount,
+}
+
+async fn kube_app(extra: &[&str]) -> KubeApp {
+    let cluster = KubeCluster::get();
+    let node_ip = cluster.node_ip().to_string();
+    let admin = cluster.admin().await;
+    let release = cluster.namespace("ph-release", false).await;
+    let pumps = cluster.namespace("ph-pumps", true).await;
+    let account = cluster
+        .chart_account(&release.name, &pumps.name, |_| {})
+        .await;
+    let app =
+        pumphouse_e2e::TestApp::spawn_kubernetes(&account.kubeconfig, &pumps.name, &node_ip, extra)
+            .await;
+    KubeApp {
+        app,
+        admin,
+        pumps,
+        _release: release,
+        _account: account,
+    }
+}
+
+impl KubeApp {
+    async fn deployment(&self, flow: &pumphouse_e2e::TestFlow) -> Option<Deployment> {
+        Api::<Deployment>::namespaced(self.admin.clone(), &self.pumps.name)
+            .list(&ListParams::default().labels(&format!("pumphouse.dev/flow={}", flow.id)))
+            .await
+            .expect("listing Deployments as admin")
+            .items
+            .into_iter()
+            .next()
+    }
+
+    /// Waits until a flow in error has no pump: no Deployment for the kubelet to go on
+    /// restarting, no pod, and none in the flow's status.
+    async fn wait_no_pump(&self, flow: &pumphouse_e2e::TestFlow) {
+        let started = Instant::now();
+        while self.deployment(flow).await.is_some() {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "a flow in error keeps its Deployment"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.wait_no_pods(flow).await;
+        self.app.wait_no_pump(flow).await;
+    }
+
+    /// Waits until the flow has no pod at all.
+    async fn wait_no_pods(&self, flow: &pumphouse_e2e::TestFlow) {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), &self.pumps.name);
+        let started = Instant::now();
+        loop {
+            let left = pods
+                .list(&ListParams::default().labels(&format!("pumphouse.dev/flow={}", flow.id)))
+                .await
+                .expect("listing pods as admin")
+                .items;
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the flow's pods stay: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_on_kubernetes_answers_its_webhook_scales_to_zero_and_a_webhook_wakes_it() {
+    let k = kube_app(&[]).await;
+    let app = &k.app;
+    let flow = app
+        .create_flow(&pumphouse_e2e::manifest(
+            "hello-k8s",
+            "idleTimeout: 2s\n",
+            "    - respond: {hello: '{{payload.name}}'}\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let hook = format!("/api/triggers/{}/webhook/{}?wait=5s", flow.id, flow.token);
+    let (code, body) = app.post(&hook, r#"{"name": "ada"}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["output"],
+        serde_json::json!({"hello": "ada"}),
+        "{body}"
+    );
+
+    // Idle for 2 s: scaled to zero, the Deployment kept at zero replicas, its pod gone.
+    app.wait_status(&flow, "idle").await;
+    let parked = k.deployment(&flow).await.expect("the Deployment is kept");
+    assert_eq!(parked.spec.unwrap().replicas, Some(0));
+    k.wait_no_pods(&flow).await;
+
+    // A webhook wakes it: one apply, a new pod, the caller answered by the pump.
+    let hook = format!("/api/triggers/{}/webhook/{}?wait=20s", flow.id, flow.token);
+    let (code, body) = app.post(&hook, r#"{"name": "bob"}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["output"],
+        serde_json::json!({"hello": "bob"}),
+        "{body}"
+    );
+    let woken = k.deployment(&flow).await.expect("the Deployment");
+    assert_eq!(woken.spec.unwrap().replicas, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_on_kubernetes_ends_in_error_with_the_exit_code_and_log_tail_and_no_pump() {
+    let k = kube_app(&["--restart-backoff", "50ms", "--crash-limit", "3"]).await;
+    let app = &k.app;
+    let flow = app
+        .create_flow(&pumphouse_e2e::manifest(
+            "crashy-k8s",
+            "",
+            "    - log: 'about to crash on {{payload.n}}'\n    - exit: 3\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let (code, accepted) = app.webhook(&flow, &serde_json::json!({"n": 1})).await;
+    assert_eq!(code, 202, "{accepted}");
+    let s = app.wait_status(&flow, "error").await;
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("crash loop: the pump ended 3 times"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("exited unexpectedly with code 3"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("about to crash on 1"),
+        "the log tail: {reason}"
+    );
+    k.wait_no_pump(&flow).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_killed_pump_on_kubernetes_is_reported_as_killed_for_memory() {
+    let k = kube_app(&["--crash-limit", "1"]).await;
+    let app = &k.app;
+    let flow = app
+        .create_flow(&pumphouse_e2e::manifest(
+            "greedy-k8s",
+            "resources: {memory: 32Mi}\n",
+            "    - allocate: 128Mi\n    - respond: never\n",
+        ))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    app.webhook(&flow, &serde_json::json!({})).await;
+    let s = app.wait_status(&flow, "error").await;
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("code 137 (killed for exceeding its memory limit)"),
+        "{reason}"
+    );
+    // A flow in error has no pump, so the reason is where the kill is told.
+    k.wait_no_pump(&flow).await;
+}

@@ -102,7 +102,8 @@ async fn an_oom_killed_pump_is_reported_as_killed_for_memory() {
         reason.contains("code 137 (killed for exceeding its memory limit)"),
         "{reason}"
     );
-    assert_eq!(s["pump"]["oom_killed"], true, "{s:#}");
+    // A flow in error has no pump on any backend, so the reason is where the kill is told.
+    app.wait_no_pump(&flow).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

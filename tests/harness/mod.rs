@@ -429,6 +429,9 @@ async fn remove_dead_test_containers(docker: &bollard::Docker) {
 pub enum Backend {
     Docker,
     Process,
+    /// Pods on the suite's Kubernetes node; only as a `pumphouse serve` process, made by
+    /// [`TestApp::spawn_kubernetes`].
+    Kubernetes,
 }
 
 /// A running orchestrator with its own Redis and store.
@@ -457,6 +460,8 @@ enum Server {
     Process {
         child: Option<Child>,
         args: Vec<String>,
+        /// Set for it beyond the test's own environment (KUBECONFIG, for Kubernetes).
+        env: Vec<(String, String)>,
         /// The process group of each `pumphouse serve` started, which its process-backend
         /// pumps share: a killed orchestrator leaves them running (as it would in use), so the
         /// test's end kills the groups.
@@ -505,6 +510,9 @@ impl TestApp {
         let docker = match backend {
             Backend::Docker => Some(docker().await),
             Backend::Process => None,
+            Backend::Kubernetes => {
+                panic!("a Kubernetes orchestrator runs as a process: TestApp::spawn_kubernetes")
+            }
         };
         let redis = RedisServer::start().await;
         let dir = TempDir::new("pumphouse-test");
@@ -514,7 +522,7 @@ impl TestApp {
         config.listen = "127.0.0.1:0".parse().expect("an address");
         config.backend = match backend {
             Backend::Docker => BackendKind::Docker,
-            Backend::Process => BackendKind::Process,
+            Backend::Process | Backend::Kubernetes => BackendKind::Process,
         };
         config.pump_binary = Some(pump_binary());
         config.pump_image = PUMP_IMAGE.into();
@@ -570,17 +578,65 @@ impl TestApp {
         postgres: Option<PostgresServer>,
         extra: &[&str],
     ) -> TestApp {
+        let redis = RedisServer::start().await;
+        Self::spawn_processes(
+            backend,
+            replicas,
+            postgres,
+            extra,
+            redis,
+            unique("test"),
+            &[],
+        )
+        .await
+    }
+
+    /// Starts `pumphouse serve --backend kubernetes` signed in with `kubeconfig` (the chart's
+    /// ServiceAccount), its pumps pods in `namespace` on the suite's node, which reach this
+    /// test's Redis at the node's address `node_ip`.
+    pub async fn spawn_kubernetes(
+        kubeconfig: &Path,
+        namespace: &str,
+        node_ip: &str,
+        extra: &[&str],
+    ) -> TestApp {
+        let redis = RedisServer::start_reachable_from(node_ip).await;
+        let pump_redis = redis.url_at(node_ip);
+        let mut args = vec!["--kube-namespace", namespace, "--pump-redis", &pump_redis];
+        args.extend(extra);
+        // Kubernetes names carry the cluster: 16 characters at most.
+        let cluster = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path").to_string();
+        Self::spawn_processes(
+            Backend::Kubernetes,
+            1,
+            None,
+            &args,
+            redis,
+            cluster,
+            &[("KUBECONFIG".to_string(), kubeconfig)],
+        )
+        .await
+    }
+
+    async fn spawn_processes(
+        backend: Backend,
+        replicas: usize,
+        postgres: Option<PostgresServer>,
+        extra: &[&str],
+        redis: RedisServer,
+        cluster: String,
+        env: &[(String, String)],
+    ) -> TestApp {
         let docker = match backend {
             Backend::Docker => Some(docker().await),
-            Backend::Process => None,
+            Backend::Process | Backend::Kubernetes => None,
         };
-        let redis = RedisServer::start().await;
         let dir = TempDir::new("pumphouse-test");
         let store_url = match &postgres {
             Some(pg) => pg.url(),
             None => format!("sqlite://{}", dir.0.join("pumphouse.db").display()),
         };
-        let cluster = unique("test");
         let mut servers = Vec::new();
         let mut bases = Vec::new();
         for i in 0..replicas {
@@ -597,6 +653,7 @@ impl TestApp {
                 match backend {
                     Backend::Docker => "docker",
                     Backend::Process => "process",
+                    Backend::Kubernetes => "kubernetes",
                 },
                 "--pump-binary",
                 pump_binary().to_str().expect("a UTF-8 path"),
@@ -622,6 +679,7 @@ impl TestApp {
             servers.push(Server::Process {
                 child: None,
                 args,
+                env: env.to_vec(),
                 groups: Vec::new(),
             });
             bases.push(format!("http://127.0.0.1:{port}"));
@@ -657,6 +715,7 @@ impl TestApp {
         let Server::Process {
             child,
             args,
+            env,
             groups,
         } = &mut self.servers[i]
         else {
@@ -669,6 +728,7 @@ impl TestApp {
             .expect("the server log");
         let started = Command::new(pumphouse_binary())
             .args(args.iter())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(out)
             .process_group(0)
@@ -919,6 +979,23 @@ impl TestApp {
             .ok()
     }
 
+    /// Waits until the flow's status shows no pump: the backend has none for it.
+    pub async fn wait_no_pump(&self, flow: &TestFlow) {
+        let started = Instant::now();
+        loop {
+            let (_, s) = self.get(&format!("/api/flows/{}/status", flow.id)).await;
+            if s["pump"].is_null() {
+                return;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "flow {} still has a pump: {s:#}",
+                flow.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The environment the flow's running pump was given (the container's env, or the
     /// process's /proc environ): what a pump, hostile or not, holds.
     pub async fn pump_env(&self, flow: &TestFlow) -> Vec<String> {
@@ -929,6 +1006,9 @@ impl TestApp {
                 .and_then(|c| c.config)
                 .and_then(|c| c.env)
                 .expect("the pump container has an env"),
+            Backend::Kubernetes => panic!(
+                "a Kubernetes pump's secret env is in its Secret, not readable from its pod; read the Secret as admin"
+            ),
             Backend::Process => {
                 let (_, s) = self.get(&format!("/api/flows/{}/status", flow.id)).await;
                 let pid = s["pump"]["pump_ref"]

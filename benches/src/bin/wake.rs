@@ -131,6 +131,7 @@ async fn cold(backend: Backend, image: &str, runs: usize) -> (Samples, Samples) 
         bare.push(ms(match backend {
             Backend::Docker => bare_docker_run(image, &app.redis.url(), i).await,
             Backend::Process => bare_process(&app.redis.url()).await,
+            Backend::Kubernetes => panic!("this benchmark measures Docker and process pumps"),
         }));
     }
     (Samples::new(ours), Samples::new(bare))

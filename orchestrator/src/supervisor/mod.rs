@@ -536,11 +536,42 @@ impl Supervisor {
         if self.store.transition(flow_id, t).await? {
             self.revoke_pump_user(flow_id).await;
             lock(&self.deadlines).disarm(flow_id);
+            self.remove_failed_pump(flow_id, instance_id);
             self.dispatcher
                 .fail_flow(flow_id, &format!("the flow's pump did not start: {reason}"))
                 .await?;
         }
         Ok(())
+    }
+
+    /// A flow in `error` has no pump on any backend: Kubernetes would otherwise go on
+    /// restarting a crashed pod with its resources reserved. Off the caller's path (a pod takes
+    /// its grace period to go, and backend events are applied one at a time for every flow),
+    /// under the flow's lock, and only while the flow is still in error with this instance, so
+    /// a start asked for meanwhile keeps its new pump.
+    fn remove_failed_pump(&self, flow_id: &str, instance_id: &str) {
+        let (store, backend) = (self.store.clone(), self.backend.clone());
+        let flow_lock = self.flow_locks.get(flow_id);
+        let (flow_id, instance_id) = (flow_id.to_string(), instance_id.to_string());
+        tokio::spawn(async move {
+            let _serial = flow_lock.lock().await;
+            let flow = match store.get_flow(&flow_id).await {
+                Ok(Some(f))
+                    if f.status == status::ERROR
+                        && f.instance_id.as_deref() == Some(instance_id.as_str()) =>
+                {
+                    f
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(flow_id, error = %e, "reading a failed flow failed; the next resync removes its pump");
+                    return;
+                }
+            };
+            if let Err(e) = backend.stop(&flow_id, stop_grace(&flow)).await {
+                tracing::warn!(flow_id, error = %e, "removing the pump of a flow in error failed; the next resync removes it");
+            }
+        });
     }
 
     async fn watch_start(&self, flow_id: String, instance_id: String, launch: u64) {
@@ -560,11 +591,9 @@ impl Supervisor {
             "the pump did not report ready within {:?}; it was stopped{}",
             self.settings.start_timeout, tail
         );
+        // fail_start removes the pump that never got ready.
         if let Err(e) = self.fail_start(&flow_id, &instance_id, &reason).await {
             tracing::warn!(flow_id, error = %e, "recording a start timeout failed");
-        }
-        if let Err(e) = self.backend.stop(&flow_id, Duration::from_secs(5)).await {
-            tracing::warn!(flow_id, error = %e, "stopping a pump that never got ready failed");
         }
     }
 
