@@ -50,7 +50,13 @@ async fn at_zero(app: &TestApp, pods: &Api<Pod>, flow: &TestFlow) {
 async fn webhook_to_ack(app: &TestApp, flow: &TestFlow, watcher: &AckWatcher) -> Duration {
     let url = app.url(&format!("/api/triggers/{}/webhook/{}", flow.id, flow.token));
     let t0 = Instant::now();
-    let resp = app.http.post(url).body("{}").send().await.expect("answered");
+    let resp = app
+        .http
+        .post(url)
+        .body("{}")
+        .send()
+        .await
+        .expect("answered");
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.expect("JSON");
     let id = body["execution_id"].as_str().expect("an execution id");
@@ -120,7 +126,10 @@ async fn bare_wake(deployments: &Api<Deployment>, pods: &Api<Pod>, name: &str) -
             .await
             .expect("listing pods")
             .items;
-        for pod in list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        for pod in list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        {
             let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
             if let Ok(log) = pods.logs(pod_name, &LogParams::default()).await {
                 if !log.is_empty() {
@@ -128,7 +137,10 @@ async fn bare_wake(deployments: &Api<Deployment>, pods: &Api<Pod>, name: &str) -
                 }
             }
         }
-        assert!(t0.elapsed() < WAKE_DEADLINE, "the baseline pod never printed");
+        assert!(
+            t0.elapsed() < WAKE_DEADLINE,
+            "the baseline pod never printed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -144,7 +156,10 @@ async fn bare_to_zero(deployments: &Api<Deployment>, pods: &Api<Pod>, name: &str
         .items
         .is_empty()
     {
-        assert!(started.elapsed() < WAKE_DEADLINE, "the baseline pod never went");
+        assert!(
+            started.elapsed() < WAKE_DEADLINE,
+            "the baseline pod never went"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -157,7 +172,9 @@ async fn main() {
     let admin = cluster.admin().await;
     let release = cluster.namespace("ph-bench", false).await;
     let pumps = cluster.namespace("ph-bench-pumps", true).await;
-    let account = cluster.chart_account(&release.name, &pumps.name, |_| {}).await;
+    let account = cluster
+        .chart_account(&release.name, &pumps.name, |_| {})
+        .await;
     let app = TestApp::spawn_kubernetes(&account.kubeconfig, &pumps.name, &node_ip, &[]).await;
     println!("pumphouse wake on Kubernetes: {runs} wakes each, one node, image {PUMP_IMAGE}");
     println!("reproduce: ops/bench-wake-kubernetes.sh   (BENCH_COLD_RUNS to change the count)\n");
@@ -165,7 +182,11 @@ async fn main() {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &pumps.name);
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &pumps.name);
     let flow = app
-        .create_flow(&manifest("cold", "idleTimeout: 1s\n", "    - respond: ok\n"))
+        .create_flow(&manifest(
+            "cold",
+            "idleTimeout: 1s\n",
+            "    - respond: ok\n",
+        ))
         .await;
     let stream = pumphouse_pump::channels::events_stream("default", &flow.id);
     let watcher = AckWatcher::start(&app.redis.url(), &stream).await;
@@ -174,7 +195,10 @@ async fn main() {
 
     let bare = "bare-pump";
     deployments
-        .create(&PostParams::default(), &bare_deployment(bare, &app.redis.url_at(&node_ip)))
+        .create(
+            &PostParams::default(),
+            &bare_deployment(bare, &app.redis.url_at(&node_ip)),
+        )
         .await
         .expect("creating the baseline Deployment");
 
