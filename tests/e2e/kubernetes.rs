@@ -694,3 +694,79 @@ async fn an_oom_killed_pump_on_kubernetes_is_reported_as_killed_for_memory() {
     // A flow in error has no pump, so the reason is where the kill is told.
     k.wait_no_pump(&flow).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pod_does_not_hold_up_a_scale_to_zero() {
+    // An evicted pod stays, phase Failed, with the flow's labels, and nothing deletes it on a
+    // scale-down: a park that waited for it would wait out its grace and slack (35 s here).
+    // Such a pod, made here as the kubelet leaves one: the pump image with no config, which
+    // exits 2, never restarted.
+    let s = setup(|_| {}).await;
+    let node_ip = KubeCluster::get().node_ip().to_string();
+    let redis = pumphouse_e2e::RedisServer::start_reachable_from(&node_ip).await;
+    let flow = uuid::Uuid::new_v4().to_string();
+    s.backend
+        .start(&spec(
+            &redis.url_at(&node_ip),
+            &flow,
+            "i-1",
+            "steps: [{respond: ok}]\n",
+        ))
+        .await
+        .unwrap();
+    let labels = s
+        .deployments()
+        .get(&s.backend.object_name(&flow))
+        .await
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap();
+    let failed: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("evicted-{}", &flow[..8]), "labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65534,
+                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "pump", "image": pumphouse_e2e::PUMP_IMAGE, "imagePullPolicy": "Never",
+                "securityContext": {"allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}}
+            }]
+        }
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(s.admin.clone(), &s.pumps.name);
+    pods.create(&kube::api::PostParams::default(), &failed)
+        .await
+        .expect("creating the failed pod");
+    let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone());
+    s.wait_pods(&flow, "the stand-in pod never failed", |p| {
+        p.iter().any(|p| phase(p).as_deref() == Some("Failed"))
+    })
+    .await;
+
+    tokio::time::timeout(DEADLINE, s.backend.park(&flow, Duration::from_secs(5)))
+        .await
+        .expect("the scale-down waited for the failed pod")
+        .unwrap();
+    // What is left has ended: the failed pod, and the pump's own pod if the kubelet has not
+    // yet removed it after its pump exited.
+    let left = s.pods(&flow).await;
+    assert!(
+        left.iter()
+            .all(|p| matches!(phase(p).as_deref(), Some("Failed" | "Succeeded"))),
+        "only finished pods may be left: {:?}",
+        left.iter()
+            .map(|p| (
+                p.metadata.name.clone(),
+                phase(p),
+                p.metadata.deletion_timestamp.is_some()
+            ))
+            .collect::<Vec<_>>()
+    );
+    s.backend.stop(&flow, Duration::from_secs(5)).await.unwrap();
+}

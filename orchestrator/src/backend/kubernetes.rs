@@ -487,7 +487,15 @@ impl KubernetesBackend {
         let deadline = tokio::time::Instant::now() + grace + STOP_SLACK;
         let mut pause = Duration::from_millis(100);
         loop {
-            let pods = self.flow_pods(flow_id).await?;
+            // A finished pod (an evicted one is Failed) runs nothing and holds nothing, and the
+            // ReplicaSet controller does not delete it on scale-down: waiting for it would hold
+            // every scale-down for the whole slack.
+            let pods: Vec<Pod> = self
+                .flow_pods(flow_id)
+                .await?
+                .into_iter()
+                .filter(|p| !finished(p))
+                .collect();
             if pods.is_empty() {
                 return Ok(());
             }
@@ -515,6 +523,14 @@ impl KubernetesBackend {
         });
         Ok(pods)
     }
+}
+
+/// Whether the pod has ended for good: phase `Succeeded` or `Failed` (evicted, say).
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 fn runtime_default_seccomp() -> SeccompProfile {
