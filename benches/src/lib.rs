@@ -107,6 +107,33 @@ impl AckWatcher {
     }
 }
 
+/// Sends the flow's webhook and returns how long until its pump acknowledged the trigger,
+/// measured from just before sending; fails past `deadline`.
+pub async fn webhook_to_ack(
+    app: &pumphouse_e2e::TestApp,
+    flow: &pumphouse_e2e::TestFlow,
+    watcher: &AckWatcher,
+    deadline: Duration,
+) -> Duration {
+    let url = app.url(&format!("/api/triggers/{}/webhook/{}", flow.id, flow.token));
+    let t0 = Instant::now();
+    let resp = app
+        .http
+        .post(url)
+        .body("{}")
+        .send()
+        .await
+        .expect("webhook answered");
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    let id = body["execution_id"].as_str().expect("an execution id");
+    let acked = watcher
+        .wait(id, deadline)
+        .await
+        .expect("the pump acknowledged in time");
+    acked - t0
+}
+
 /// Prints one table row: name, runs, then the given percentiles.
 pub fn row(name: &str, s: &Samples, pcts: &[f64]) {
     let cells: Vec<String> = pcts.iter().map(|p| format!("{:>9.2}", s.pct(*p))).collect();

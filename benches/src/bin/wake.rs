@@ -42,25 +42,8 @@ async fn at_zero(app: &TestApp, flow: &TestFlow) {
     }
 }
 
-/// Sends a webhook; returns when its trigger was acknowledged, measured from just before sending.
 async fn webhook_to_ack(app: &TestApp, flow: &TestFlow, watcher: &AckWatcher) -> Duration {
-    let url = app.url(&format!("/api/triggers/{}/webhook/{}", flow.id, flow.token));
-    let t0 = Instant::now();
-    let resp = app
-        .http
-        .post(url)
-        .body("{}")
-        .send()
-        .await
-        .expect("webhook answered");
-    assert_eq!(resp.status().as_u16(), 202);
-    let body: serde_json::Value = resp.json().await.expect("JSON");
-    let id = body["execution_id"].as_str().expect("an execution id");
-    let acked = watcher
-        .wait(id, DEADLINE)
-        .await
-        .expect("the pump acknowledged in time");
-    acked - t0
+    pumphouse_bench::webhook_to_ack(app, flow, watcher, DEADLINE).await
 }
 
 /// Spawns `cmd` and returns the time to its first line on stderr (where the pump prints its

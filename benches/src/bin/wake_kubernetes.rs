@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
 use pumphouse_bench::scale::pump_env;
-use pumphouse_bench::{header, ms, row, AckWatcher, Samples};
+use pumphouse_bench::{header, ms, row, webhook_to_ack, AckWatcher, Samples};
 use pumphouse_e2e::kubernetes::KubeCluster;
 use pumphouse_e2e::{manifest, TestApp, TestFlow, PUMP_IMAGE};
 
@@ -45,26 +45,6 @@ async fn at_zero(app: &TestApp, pods: &Api<Pod>, flow: &TestFlow) {
         assert!(started.elapsed() < WAKE_DEADLINE, "never at zero: {s}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn webhook_to_ack(app: &TestApp, flow: &TestFlow, watcher: &AckWatcher) -> Duration {
-    let url = app.url(&format!("/api/triggers/{}/webhook/{}", flow.id, flow.token));
-    let t0 = Instant::now();
-    let resp = app
-        .http
-        .post(url)
-        .body("{}")
-        .send()
-        .await
-        .expect("answered");
-    assert_eq!(resp.status().as_u16(), 202);
-    let body: serde_json::Value = resp.json().await.expect("JSON");
-    let id = body["execution_id"].as_str().expect("an execution id");
-    let acked = watcher
-        .wait(id, WAKE_DEADLINE)
-        .await
-        .expect("the pump acknowledged in time");
-    acked - t0
 }
 
 /// The baseline's Deployment: the pump image with the contract's env, nothing of ours.
@@ -206,7 +186,9 @@ async fn main() {
     let mut base = Vec::new();
     for _ in 0..runs {
         at_zero(&app, &pods, &flow).await;
-        ours.push(ms(webhook_to_ack(&app, &flow, &watcher).await));
+        ours.push(ms(
+            webhook_to_ack(&app, &flow, &watcher, WAKE_DEADLINE).await
+        ));
         base.push(ms(bare_wake(&deployments, &pods, bare).await));
         bare_to_zero(&deployments, &pods, bare).await;
     }
