@@ -1160,9 +1160,9 @@ impl Store {
     /// events would be: an outcome only to an unfinished execution, a start only to a queued
     /// one, an acknowledgement to either. A pump is untrusted, so a report changes only an
     /// execution of the flow whose stream carried it, and only one that the reporting instance
-    /// holds (it acknowledged it) or that was sent to it: the flow's current instance may take
-    /// an execution nobody holds, or one it acknowledges in the same report; anything else is
-    /// refused and listed. Returns what ended here, by flow and status; those that had ended
+    /// holds (it acknowledged it) or that was sent to it: the instance triggers go to (the
+    /// flow's current one, or the draining one of a stopped flow) may take an execution nobody
+    /// holds, or one it acknowledges in the same report; anything else is refused and listed. Returns what ended here, by flow and status; those that had ended
     /// before are left as they were. Fails only when the store is unavailable, perhaps after
     /// applying some; applying them all again is safe.
     pub async fn apply_reports(&self, reports: &[ExecutionReport]) -> Result<AppliedReports> {
@@ -1216,13 +1216,27 @@ impl Store {
             std::collections::HashSet::new();
         let mut tx = self.begin_write().await?;
         // Who may report on an execution: the instance holding it (the one that acknowledged
-        // it), or the flow's current instance, the one triggers are sent to, when nobody holds
-        // it or when its report carries its own acknowledgement (a trigger sent again after its
-        // holder went moves to the instance that took it). An earlier instance left running
-        // (an orphan) can claim nothing it does not hold.
+        // it), or the instance triggers are sent to, when nobody holds it or when its report
+        // carries its own acknowledgement (a trigger sent again after its holder went moves to
+        // the instance that took it). Triggers are sent to the flow's current instance; a flow
+        // with none (stopped while its pump drains) was last sending to the draining pump. So
+        // an earlier instance left running beside a current one (an orphan) can claim nothing
+        // it does not hold.
         const CURRENT: &str =
             "(SELECT flows.instance_id FROM flows WHERE flows.id = executions.flow_id)";
-        let held_by_reporter = format!("(v.column8 IS NULL OR executions.instance_id = v.column8 OR (v.column8 = {CURRENT} AND (executions.instance_id IS NULL OR v.column7 IS NOT NULL)))");
+        let sent_to = |col: &str| format!("({CURRENT} IS NULL OR {col} = {CURRENT})");
+        let held_by_reporter = format!(
+            "(v.column8 IS NULL OR executions.instance_id = v.column8 OR ((executions.instance_id IS NULL OR v.column7 IS NOT NULL) AND {}))",
+            sent_to("v.column8")
+        );
+        let start_by_reporter = format!(
+            "(executions.instance_id = v.column4 OR {})",
+            sent_to("v.column4")
+        );
+        let ack_by_reporter = format!(
+            "(executions.instance_id = v.column3 OR {})",
+            sent_to("v.column3")
+        );
         for chunk in finished.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "UPDATE executions SET status = v.column2, output = v.column3, error_message = v.column4, completed_at = v.column5, started_at = COALESCE(executions.started_at, v.column6, v.column5), acked_at = COALESCE(executions.acked_at, v.column7), instance_id = COALESCE(v.column8, executions.instance_id) FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.flow_id = v.column9 AND executions.status IN ('queued', 'running') AND {held_by_reporter} RETURNING id, flow_id, status",
@@ -1258,7 +1272,7 @@ impl Store {
         }
         for chunk in started.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE executions SET status = 'running', started_at = v.column2, acked_at = COALESCE(executions.acked_at, v.column3), instance_id = v.column4 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.flow_id = v.column5 AND executions.status = 'queued' AND (executions.instance_id = v.column4 OR v.column4 = {CURRENT}) RETURNING id, flow_id",
+                "UPDATE executions SET status = 'running', started_at = v.column2, acked_at = COALESCE(executions.acked_at, v.column3), instance_id = v.column4 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.flow_id = v.column5 AND executions.status = 'queued' AND {start_by_reporter} RETURNING id, flow_id",
                 values_list(self.dialect, chunk.len(), &["TEXT", "BIGINT", "BIGINT", "TEXT", "TEXT"])
             );
             let mut query = sqlx::query(&sql);
@@ -1276,7 +1290,7 @@ impl Store {
         }
         for chunk in acked.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE executions SET acked_at = COALESCE(executions.acked_at, v.column2), instance_id = v.column3 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.flow_id = v.column4 AND executions.status IN ('queued', 'running') AND (executions.instance_id = v.column3 OR v.column3 = {CURRENT}) RETURNING id, flow_id",
+                "UPDATE executions SET acked_at = COALESCE(executions.acked_at, v.column2), instance_id = v.column3 FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.flow_id = v.column4 AND executions.status IN ('queued', 'running') AND {ack_by_reporter} RETURNING id, flow_id",
                 values_list(self.dialect, chunk.len(), &["TEXT", "BIGINT", "TEXT", "TEXT"])
             );
             let mut query = sqlx::query(&sql);
@@ -1323,9 +1337,9 @@ impl Store {
                 let reason = match found.get(&r.id) {
                     None => RefusedBecause::NotThisFlows,
                     Some((flow_id, ..)) if *flow_id != r.flow_id => RefusedBecause::NotThisFlows,
-                    // An unfinished execution another instance holds, or nobody holds and the
-                    // reporter is not the flow's current instance (see held_by_reporter); the
-                    // rest here is a replay (a start for one running already, say).
+                    // An unfinished execution another instance holds, or nobody holds and it
+                    // was not sent to the reporter (see held_by_reporter); the rest here is a
+                    // replay (a start for one running already, say).
                     Some((_, status, holder))
                         if exec_status::is_unfinished(status)
                             && r.instance_id.is_some()

@@ -178,7 +178,9 @@ async fn the_charts_role_is_all_the_backend_needs_and_secrets_stay_out_of_the_po
     s.backend.park(&flow, Duration::from_secs(5)).await.unwrap();
     let parked = s.deployments().get(&name).await.unwrap();
     assert_eq!(parked.spec.unwrap().replicas, Some(0));
-    assert!(s.pods(&flow).await.is_empty(), "a parked flow has no pod");
+    // The park returns once the pump has ended; its pod goes a moment later.
+    s.wait_pods(&flow, "a parked flow keeps its pod", |p| p.is_empty())
+        .await;
     assert!(matches!(
         s.backend.inspect(&flow).await.unwrap().unwrap().state,
         PumpState::Exited { .. }
@@ -202,7 +204,8 @@ async fn the_charts_role_is_all_the_backend_needs_and_secrets_stay_out_of_the_po
     s.backend.stop(&flow, Duration::from_secs(5)).await.unwrap();
     assert!(s.deployments().get_opt(&name).await.unwrap().is_none());
     assert!(s.secrets().get_opt(&name).await.unwrap().is_none());
-    assert!(s.pods(&flow).await.is_empty(), "a stopped flow has no pod");
+    s.wait_pods(&flow, "a stopped flow keeps its pod", |p| p.is_empty())
+        .await;
     s.backend.stop(&flow, Duration::from_secs(5)).await.unwrap();
 }
 
