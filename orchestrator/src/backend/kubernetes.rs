@@ -508,6 +508,28 @@ impl KubernetesBackend {
         }
     }
 
+    /// The last `tail` lines of the pump's container in `pod`, or of the one before it.
+    async fn container_log(
+        &self,
+        flow_id: &str,
+        pod: &str,
+        tail: usize,
+        previous: bool,
+    ) -> Result<Vec<String>, BackendError> {
+        let params = LogParams {
+            container: Some(CONTAINER.to_owned()),
+            tail_lines: Some(i64::try_from(tail).unwrap_or(i64::MAX)),
+            previous,
+            ..Default::default()
+        };
+        match self.pods().logs(pod, &params).await {
+            Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
+            // Gone meanwhile, or no container started yet: nothing to show.
+            Err(kube::Error::Api(resp)) if resp.code == 404 || resp.code == 400 => Ok(Vec::new()),
+            Err(e) => Err(self.error("read the logs of the pod", flow_id, e, false)),
+        }
+    }
+
     /// The flow's pods, newest first.
     async fn flow_pods(&self, flow_id: &str) -> Result<Vec<Pod>, BackendError> {
         let mut pods = self
@@ -823,28 +845,28 @@ impl Backend for KubernetesBackend {
         let Some(pod_name) = pod.metadata.name.as_deref() else {
             return Ok(Vec::new());
         };
-        // A container waiting to be restarted after a crash has no output of its own yet: the
-        // crash's output is in the previous one, and that is what someone reading the log of a
-        // crashed pump wants.
-        let previous = pump_container(pod).is_some_and(|c| {
-            c.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some()
-                && c.last_state
+        // A container that crashed in this pod left its output in the previous container,
+        // and that is what someone reading the log of a crashed pump wants: alone while the
+        // kubelet waits to restart it, else before the restarted one's (which Kubernetes may
+        // have started before the crash is even reported).
+        let (crashed, waiting) = pump_container(pod).map_or((false, false), |c| {
+            (
+                c.last_state
                     .as_ref()
                     .and_then(|s| s.terminated.as_ref())
-                    .is_some()
+                    .is_some(),
+                c.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some(),
+            )
         });
-        let params = LogParams {
-            container: Some(CONTAINER.to_owned()),
-            tail_lines: Some(i64::try_from(tail).unwrap_or(i64::MAX)),
-            previous,
-            ..Default::default()
-        };
-        match self.pods().logs(pod_name, &params).await {
-            Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
-            // Gone meanwhile, or no container started yet: nothing to show.
-            Err(kube::Error::Api(resp)) if resp.code == 404 || resp.code == 400 => Ok(Vec::new()),
-            Err(e) => Err(self.error("read the logs of the pod", flow_id, e, false)),
+        let mut lines = Vec::new();
+        if crashed {
+            lines = self.container_log(flow_id, pod_name, tail, true).await?;
         }
+        if !(crashed && waiting) {
+            lines.extend(self.container_log(flow_id, pod_name, tail, false).await?);
+        }
+        let keep = lines.len().saturating_sub(tail);
+        Ok(lines.split_off(keep))
     }
 
     fn follow_logs(&self, flow_id: &str, tail: usize) -> BoxStream<'static, String> {
