@@ -517,3 +517,26 @@ async fn a_webhook_during_a_slow_scale_down_is_answered_before_the_scale_down_en
     assert_eq!(exec["status"], "completed", "{exec:#}");
     assert_eq!(exec["output"], 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_waiting_on_a_slow_scale_down_is_not_failed_by_the_previous_start_timer() {
+    // The start timeout (3 s) ends while the wake waits for the 5 s scale-down: the timer
+    // belongs to the launch before, whose pump reported ready, so the woken flow is not failed.
+    let app = TestApp::spawn_with(Backend::Process, |c| {
+        c.start_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let slow = "name: slow-to-stop\nidleTimeout: 500ms\nstopGrace: 20s\nconfig:\n  stopDelay: 5s\n  steps:\n    - respond: '{{payload.n}}'\n";
+    let flow = app.create_flow(slow).await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    app.wait_status(&flow, "idle").await;
+    let (code, body) = app.webhook(&flow, &json!({"n": 8})).await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["execution_id"].as_str().unwrap();
+    let exec = app.wait_execution(&flow, id).await;
+    assert_eq!(exec["status"], "completed", "{exec:#}");
+    assert_eq!(exec["output"], 8);
+    let (_, f) = app.get(&format!("/api/flows/{}", flow.id)).await;
+    assert_ne!(f["status"], "error", "{f:#}");
+}

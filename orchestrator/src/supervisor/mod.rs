@@ -124,8 +124,9 @@ pub struct Supervisor {
     deadlines: Mutex<reaper::Deadlines>,
     /// Crash times per flow, for back-off and crash-loop detection.
     crashes: Mutex<HashMap<String, Vec<i64>>>,
-    /// Counts launches per flow, so a start timeout only fires for the launch it watches (a
-    /// woken pump keeps its instance id).
+    /// Counts launches and ready reports per flow, so a start timeout only fires for the
+    /// launch that set it, and only until its pump reports ready: a woken pump keeps its
+    /// instance id, and a wake may wait on a slow scale-down past the previous timer.
     launches: Mutex<HashMap<String, u64>>,
     /// One lock per flow: reconciles and exit handling of a flow never overlap.
     flow_locks: crate::flow_locks::FlowLocks,
@@ -374,6 +375,9 @@ impl Supervisor {
         flow: &FlowRecord,
         instance_id: &str,
     ) -> Result<(), SupervisorError> {
+        // Before waiting on the flow's lock: from here on, an earlier launch's start timer is
+        // not this one's.
+        let launch = self.next_launch(&flow.id);
         let flow_lock = self.flow_locks.get(&flow.id);
         let _serial = flow_lock.lock().await;
         // Crash series exist from the first start, at zero, so an alert sees the first crash
@@ -479,12 +483,6 @@ impl Supervisor {
                 return Err(e.into());
             }
         }
-        let launch = {
-            let mut launches = lock(&self.launches);
-            let n = launches.entry(flow.id.clone()).or_default();
-            *n += 1;
-            *n
-        };
         let this = self.clone();
         let flow_id = flow.id.clone();
         let instance_id = instance_id.to_string();
@@ -574,15 +572,24 @@ impl Supervisor {
         });
     }
 
+    /// A new launch or ready report of the flow: every start timer set before it is void.
+    fn next_launch(&self, flow_id: &str) -> u64 {
+        let mut launches = lock(&self.launches);
+        let n = launches.entry(flow_id.to_string()).or_default();
+        *n += 1;
+        *n
+    }
+
     async fn watch_start(&self, flow_id: String, instance_id: String, launch: u64) {
         tokio::time::sleep(self.settings.start_timeout).await;
-        let latest = lock(&self.launches).get(&flow_id).copied();
-        if latest != Some(launch) {
-            return;
-        }
         let Ok(Some(flow)) = self.store.get_flow(&flow_id).await else {
             return;
         };
+        // Compared after the read: a flow seen `starting` again was woken by a launch that
+        // counted itself before that status was stored.
+        if lock(&self.launches).get(&flow_id).copied() != Some(launch) {
+            return;
+        }
         if flow.status != status::STARTING || flow.instance_id.as_deref() != Some(&instance_id) {
             return;
         }
@@ -759,6 +766,7 @@ impl Supervisor {
                 t.only_instance = Some(&instance_id);
                 t.only_status = Some(status::STARTING);
                 if self.store.transition(&flow_id, t).await? {
+                    self.next_launch(&flow_id);
                     let launched = lock(&self.launched_at).remove(&flow_id);
                     if let Some(at) = launched {
                         self.metrics.cold_start.observe(at.elapsed().as_secs_f64());
