@@ -65,9 +65,10 @@ ops/check-chart.sh
 # 5. Alert rules: promtool checks them and runs their unit tests (installs prometheus).
 ops/check-alerts.sh
 
-# 6. Binaries (the process backend runs target/debug/pump) and the pump image.
+# 6. Binaries (the process backend runs target/debug/pump), the pump image, and an
+# orchestrator image from the same build for the chart's own pod on the test node.
 cargo build --workspace --bins --locked
-ops/build-images.sh
+ops/build-images.sh --orchestrator
 
 # 7. The suite, with a real Kubernetes cluster for tests/e2e/kubernetes.rs: a control plane on
 # loopback and one node (kubelet, a private containerd, a bridge network) with the pump image
@@ -77,6 +78,7 @@ trap 'ops/kubernetes/node.sh down "$kube_dir"; ops/kubernetes/cluster.sh down "$
 ops/kubernetes/cluster.sh up "$kube_dir" >/dev/null
 ops/kubernetes/node.sh up "$kube_dir"
 ops/kubernetes/node.sh import "$kube_dir" pumphouse/pump:dev
+ops/kubernetes/node.sh import "$kube_dir" pumphouse/orchestrator:test
 PUMPHOUSE_TEST_KUBE_DIR="$kube_dir" cargo nextest run --workspace --locked --no-fail-fast "$@"
 
 # 8. Hostile input: each fuzz target for FUZZ_SECONDS (60), then schemathesis against the

@@ -41,6 +41,9 @@ pub struct ServeConfig {
     /// image pull secret pump pods get.
     pub kube_namespace: Option<String>,
     pub kube_image_pull_secret: Option<String>,
+    /// Kubernetes backend: the read timeout of a request to the API server (kube's default,
+    /// 295 s); followed logs have none.
+    pub kube_request_timeout: Duration,
     pub heartbeat: Duration,
     pub start_timeout: Duration,
     /// First wait before restarting a crashed pump; doubles with each crash in the window.
@@ -86,6 +89,7 @@ impl ServeConfig {
             cluster: "default".into(),
             kube_namespace: None,
             kube_image_pull_secret: None,
+            kube_request_timeout: Duration::from_secs(295),
             heartbeat: pumps.heartbeat,
             start_timeout: pumps.start_timeout,
             restart_backoff: pumps.restart_backoff,
@@ -165,11 +169,14 @@ pub async fn select_backend(config: &ServeConfig) -> Result<Arc<dyn Backend>, Ba
         #[cfg(feature = "kubernetes")]
         BackendKind::Kubernetes => {
             use crate::backend::kubernetes::{KubernetesBackend, KubernetesConfig};
-            let b = KubernetesBackend::connect(KubernetesConfig {
-                namespace: config.kube_namespace.clone(),
-                cluster: config.cluster.clone(),
-                image_pull_secret: config.kube_image_pull_secret.clone(),
-            })
+            let b = KubernetesBackend::connect(
+                KubernetesConfig {
+                    namespace: config.kube_namespace.clone(),
+                    cluster: config.cluster.clone(),
+                    image_pull_secret: config.kube_image_pull_secret.clone(),
+                },
+                config.kube_request_timeout,
+            )
             .await?;
             tracing::info!(backend = "kubernetes", namespace = %b.namespace(), "using the kubernetes backend, as configured");
             Ok(Arc::new(b))

@@ -240,6 +240,10 @@ struct ServeArgs {
     /// Kubernetes backend: an image pull secret in the pumps' namespace, for private images.
     #[arg(long, env = "PUMPHOUSE_KUBE_IMAGE_PULL_SECRET")]
     kube_image_pull_secret: Option<String>,
+    /// Kubernetes backend: how long one request to the API server may wait for an answer.
+    /// A followed log (`flow logs -f`) is not one: it lasts as long as the caller listens.
+    #[arg(long, env = "PUMPHOUSE_KUBE_REQUEST_TIMEOUT", default_value = "295s", value_parser = parse_duration)]
+    kube_request_timeout: Duration,
     #[arg(long, env = "PUMPHOUSE_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
     heartbeat: Duration,
     /// A pump that has not reported ready after this long puts its flow in `error`.
@@ -452,6 +456,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cluster: args.cluster,
         kube_namespace: args.kube_namespace,
         kube_image_pull_secret: args.kube_image_pull_secret,
+        kube_request_timeout: args.kube_request_timeout,
         heartbeat: args.heartbeat,
         start_timeout: args.start_timeout,
         restart_backoff: args.restart_backoff,
@@ -966,6 +971,9 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                     p["pump_ref"].as_str().unwrap_or(""),
                     p["state"].as_str().unwrap_or("")
                 );
+            }
+            if let Some(why) = s["pump_error"].as_str() {
+                println!("pump:     unknown: {why}");
             }
             if s["heartbeat"].is_object() {
                 let h = &s["heartbeat"];

@@ -104,7 +104,7 @@ async fn metrics_count_flows_executions_requests_latency_and_pump_memory() {
 }
 
 /// Reads a server-sent event stream into a channel of data lines.
-fn follow(app: &TestApp, path: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+pub(crate) fn follow(app: &TestApp, path: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let req = app.http.get(app.url(path));
     tokio::spawn(async move {
@@ -128,7 +128,7 @@ fn follow(app: &TestApp, path: &str) -> tokio::sync::mpsc::UnboundedReceiver<Str
 }
 
 /// Waits for a line containing `want`, failing at the deadline.
-async fn line_with(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) {
+pub(crate) async fn line_with(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) {
     let deadline = tokio::time::Instant::now() + pumphouse_e2e::DEADLINE;
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {

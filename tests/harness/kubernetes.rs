@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -37,6 +38,8 @@ pub struct KubeCluster {
     pub bin: PathBuf,
     /// The address of the node `ops/kubernetes/node.sh` joined, if one did.
     node_ip: Option<String>,
+    /// etcd's client URL (`http://127.0.0.1:PORT`), for a test that compacts its history.
+    pub etcd: String,
 }
 
 impl KubeCluster {
@@ -66,6 +69,7 @@ impl KubeCluster {
             .map(str::to_string);
         KubeCluster {
             server: var("PUMPHOUSE_TEST_KUBE_SERVER"),
+            etcd: var("PUMPHOUSE_TEST_KUBE_ETCD"),
             bin: PathBuf::from(var("PUMPHOUSE_TEST_KUBE_BIN")),
             dir,
             node_ip,
@@ -338,6 +342,121 @@ impl Drop for TestNamespace {
             });
         })
         .join();
+    }
+}
+
+/// A TCP relay in front of the API server whose connections a test cuts, as a network
+/// partition would, and restores. TLS passes through it untouched (the serving certificate
+/// names 127.0.0.1, which the relay listens on too).
+pub struct ApiProxy {
+    /// The kubeconfig given, pointed at the relay.
+    pub kubeconfig: PathBuf,
+    addr: std::net::SocketAddr,
+    upstream: String,
+    /// The accept loop, when open, and every relayed connection.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    _dir: TempDir,
+}
+
+impl ApiProxy {
+    /// A relay on loopback to the cluster's API server, open, and a copy of `kubeconfig` that
+    /// uses it.
+    pub async fn start(cluster: &KubeCluster, kubeconfig: &Path) -> ApiProxy {
+        Self::start_on(cluster, kubeconfig, "127.0.0.1").await
+    }
+
+    /// A relay listening on `host` (one of this machine's addresses, the node's for a pod).
+    pub async fn start_on(cluster: &KubeCluster, kubeconfig: &Path, host: &str) -> ApiProxy {
+        let listener = tokio::net::TcpListener::bind((host, 0))
+            .await
+            .unwrap_or_else(|e| panic!("cannot listen on {host}: {e}"));
+        let addr = listener.local_addr().expect("its address");
+        let text = std::fs::read_to_string(kubeconfig).expect("the kubeconfig");
+        assert!(
+            text.contains(&cluster.server),
+            "{} does not name {}",
+            kubeconfig.display(),
+            cluster.server
+        );
+        let dir = TempDir::new("pumphouse-api-proxy");
+        let path = dir.0.join("kubeconfig");
+        std::fs::write(
+            &path,
+            text.replace(&cluster.server, &format!("https://{addr}")),
+        )
+        .expect("writing the relay's kubeconfig");
+        let upstream = cluster.server.trim_start_matches("https://").to_string();
+        let proxy = ApiProxy {
+            kubeconfig: path,
+            addr,
+            upstream,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+            _dir: dir,
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (tasks, upstream) = (self.tasks.clone(), self.upstream.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().expect("relay tasks").push(conn.abort_handle());
+            }
+        });
+        self.tasks
+            .lock()
+            .expect("relay tasks")
+            .push(accept.abort_handle());
+    }
+
+    /// Closes every relayed connection and the listening port: the API server is unreachable
+    /// (connections refused) until [`ApiProxy::restore`].
+    pub fn cut(&self) {
+        for task in self.tasks.lock().expect("relay tasks").drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&self) {
+        let started = Instant::now();
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                // The aborted accept loop may not have dropped its socket yet.
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < DEADLINE,
+                        "cannot listen on {} again: {e}",
+                        self.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        self.serve(listener);
+    }
+
+    pub async fn client(&self) -> Client {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for ApiProxy {
+    fn drop(&mut self) {
+        self.cut();
     }
 }
 

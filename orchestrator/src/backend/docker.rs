@@ -249,6 +249,7 @@ impl Backend for DockerBackend {
         if let Some(id) = self.restart_parked(&name, &hash, flow_id).await {
             tracing::debug!(flow_id, instance_id = %spec.instance_id, container = %id, "parked pump container restarted");
             return Ok(PumpStatus {
+                drifted: false,
                 flow_id: flow_id.to_owned(),
                 instance_id: Some(spec.instance_id.clone()),
                 state: PumpState::Running,
@@ -289,6 +290,7 @@ impl Backend for DockerBackend {
         }
         tracing::debug!(flow_id, instance_id = %spec.instance_id, container = %id, "pump container started");
         Ok(PumpStatus {
+            drifted: false,
             flow_id: flow_id.to_owned(),
             instance_id: Some(spec.instance_id.clone()),
             state: PumpState::Running,
@@ -355,6 +357,7 @@ impl Backend for DockerBackend {
                 _ => PumpState::Starting,
             };
             pumps.push(PumpStatus {
+                drifted: false,
                 flow_id: flow_id.clone(),
                 instance_id: summary
                     .labels
@@ -631,6 +634,7 @@ fn container_body(
 
 fn status_from_inspect(flow_id: &str, resp: &ContainerInspectResponse) -> PumpStatus {
     PumpStatus {
+        drifted: false,
         flow_id: flow_id.to_owned(),
         instance_id: resp
             .config

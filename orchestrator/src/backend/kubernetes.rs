@@ -46,6 +46,12 @@ pub const CONTAINER: &str = "pump";
 /// On the pod template: the Secret's resourceVersion, so a changed Secret rolls the pod (a pod
 /// reads secret env only when it starts) while an unchanged one leaves the pod alone.
 pub const SECRET_VERSION: &str = "pumphouse.dev/secret-version";
+/// On the Deployment: its `metadata.generation` after pumphouse's last write. Any change to the
+/// spec bumps the generation, so a Deployment whose generation has moved on was edited by
+/// someone else (`kubectl edit`, `kubectl scale`), and reconcile applies the flow's spec again.
+/// For a Deployment a change of annotations bumps it too (they carry rollback history), this
+/// one's included: see [`KubernetesBackend::note_generation`].
+pub const APPLIED_GENERATION: &str = "pumphouse.dev/applied-generation";
 /// `nobody:nogroup`, as on Docker: pump images carry no `/etc/passwd`.
 const PUMP_UID: i64 = 65534;
 /// How long past the grace period `stop` waits for a pod to go: the kubelet notices a
@@ -127,6 +133,9 @@ impl From<KubernetesError> for BackendError {
 #[derive(Clone)]
 pub struct KubernetesBackend {
     client: Client,
+    /// The same sign-in without a read timeout, for followed logs: a quiet pump sends nothing
+    /// for as long as it likes, and the stream must not end under its reader.
+    streams: Client,
     namespace: String,
     config: KubernetesConfig,
 }
@@ -144,11 +153,26 @@ impl KubernetesBackend {
     /// Builds a client from the environment (in-cluster service account, else KUBECONFIG) and
     /// lists the namespace once, so a cluster that cannot be reached, or RBAC that forbids the
     /// orchestrator its work, is reported at start-up rather than on the first pump.
-    pub async fn connect(config: KubernetesConfig) -> Result<KubernetesBackend, BackendError> {
-        let client = Client::try_default()
+    /// `request_timeout` bounds each request's wait for an answer.
+    pub async fn connect(
+        config: KubernetesConfig,
+        request_timeout: Duration,
+    ) -> Result<KubernetesBackend, BackendError> {
+        let mut kube_config = kube::Config::infer()
             .await
+            .map_err(|e| KubernetesError::Config {
+                cause: kube::Error::InferConfig(e),
+            })?;
+        kube_config.read_timeout = Some(request_timeout);
+        let client = Client::try_from(kube_config.clone())
             .map_err(|cause| KubernetesError::Config { cause })?;
-        KubernetesBackend::connect_with_client(client, config).await
+        kube_config.read_timeout = None;
+        let streams =
+            Client::try_from(kube_config).map_err(|cause| KubernetesError::Config { cause })?;
+        let mut backend = KubernetesBackend::with_client(client, config)?;
+        backend.streams = streams;
+        backend.check().await?;
+        Ok(backend)
     }
 
     /// [`KubernetesBackend::connect`] on a client of the caller's (the tests sign in as the
@@ -177,6 +201,7 @@ impl KubernetesBackend {
         // pod names add 17 more, and a pod's host name is cut at 63).
         check_label("cluster name", "cluster", &config.cluster, 16)?;
         Ok(KubernetesBackend {
+            streams: client.clone(),
             client,
             namespace,
             config,
@@ -468,6 +493,44 @@ impl KubernetesBackend {
         }
     }
 
+    /// Records the generation a write of ours left the Deployment at ([`APPLIED_GENERATION`]).
+    /// Writing the annotation is itself counted as a change, so the value written is the
+    /// generation that write will leave; should a server count otherwise, what it answers is
+    /// written once more. A failure only costs one needless apply at the next reconcile, so it
+    /// is logged.
+    async fn note_generation(&self, flow_id: &str, written: &Deployment) {
+        let Some(generation) = written.metadata.generation else {
+            return;
+        };
+        if applied_generation(written) == Some(generation) {
+            return;
+        }
+        let name = self.object_name(flow_id);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let mut want = generation + 1;
+        for _ in 0..2 {
+            let patch = serde_json::json!({"metadata": {"annotations": {APPLIED_GENERATION: want.to_string()}}});
+            match self
+                .deployments()
+                .patch(&name, &params, &Patch::Merge(&patch))
+                .await
+            {
+                Ok(now) => match now.metadata.generation {
+                    Some(g) if g != want => want = g,
+                    _ => return,
+                },
+                Err(e) => {
+                    tracing::warn!(flow_id, error = %self.error("annotate the Deployment", flow_id, e, false), "the next reconcile applies the pump's spec again");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(flow_id, "the Deployment's generation moves with each annotation write; the next reconcile applies the pump's spec again");
+    }
+
     /// Deletes one object; gone already is fine.
     async fn delete<K>(&self, api: &Api<K>, name: &str) -> Result<(), kube::Error>
     where
@@ -669,6 +732,35 @@ pub fn start_failure(pod: &Pod) -> Option<String> {
         })
 }
 
+/// Why the Deployment's ReplicaSet cannot make the pump's pod, when admission refuses it (a
+/// ResourceQuota, a PodSecurity level, a policy): the server's own words, as the log tail of a
+/// pump that never got a pod.
+fn replica_failure(deployment: &Deployment) -> Option<String> {
+    let condition = deployment
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")?;
+    Some(format!(
+        "{}: {}",
+        condition.reason.as_deref().unwrap_or("ReplicaFailure"),
+        condition.message.as_deref().unwrap_or("no message")
+    ))
+}
+
+/// The generation pumphouse last left the Deployment at, from its annotation.
+fn applied_generation(deployment: &Deployment) -> Option<i64> {
+    deployment
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(APPLIED_GENERATION)?
+        .parse()
+        .ok()
+}
+
 fn status_of(name: String, deployment: &Deployment, pods: &[Pod]) -> Option<PumpStatus> {
     let flow_id = label(&deployment.metadata, labels::FLOW)?.clone();
     let instance = label(&deployment.metadata, labels::INSTANCE);
@@ -689,11 +781,20 @@ fn status_of(name: String, deployment: &Deployment, pods: &[Pod]) -> Option<Pump
     } else {
         match current_pod(pods, instance) {
             Some(pod) => (pod_state(pod), pod.metadata.name.clone().unwrap_or(name)),
+            // Refused a pod: nothing changes until someone changes the quota or policy.
+            None if replica_failure(deployment).is_some() => (
+                PumpState::Exited {
+                    code: None,
+                    oom: false,
+                },
+                name,
+            ),
             // Created, not yet given a pod by the ReplicaSet.
             None => (PumpState::Starting, name),
         }
     };
     Some(PumpStatus {
+        drifted: deployment.metadata.generation != applied_generation(deployment),
         flow_id,
         instance_id: instance.cloned(),
         state,
@@ -718,7 +819,11 @@ impl Backend for KubernetesBackend {
             .await
             .map_err(|e| self.error("apply the Secret", flow_id, e, true))?;
         let deployment = self.deployment(spec, secret.metadata.resource_version.as_deref())?;
-        if let Err(e) = self.apply(&self.deployments(), &name, &deployment).await {
+        let applied = self.apply(&self.deployments(), &name, &deployment).await;
+        if let Ok(written) = &applied {
+            self.note_generation(flow_id, written).await;
+        }
+        if let Err(e) = applied {
             // A start that failed leaves nothing: the flow goes to `error`, which has no pump,
             // and a Secret alone would keep the flow's config and credentials in the cluster.
             if let Err(cleanup) = self.delete(&self.secrets(), &name).await {
@@ -728,6 +833,7 @@ impl Backend for KubernetesBackend {
         }
         tracing::debug!(flow_id, instance_id = %spec.instance_id, deployment = %name, namespace = %self.namespace, "pump deployment applied");
         Ok(PumpStatus {
+            drifted: false,
             flow_id: flow_id.to_owned(),
             instance_id: Some(spec.instance_id.clone()),
             state: PumpState::Starting,
@@ -765,7 +871,10 @@ impl Backend for KubernetesBackend {
             .patch(&name, &params, &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => self.await_no_pods(flow_id, grace).await,
+            Ok(written) => {
+                self.note_generation(flow_id, &written).await;
+                self.await_no_pods(flow_id, grace).await
+            }
             Err(kube::Error::Api(resp)) if resp.code == 404 => Ok(()),
             Err(e) => Err(self.error("scale to zero the Deployment", flow_id, e, false)),
         }
@@ -837,7 +946,17 @@ impl Backend for KubernetesBackend {
             .find(|p| p.metadata.deletion_timestamp.is_none())
             .or(pods.first())
         else {
-            return Ok(Vec::new());
+            // No pod: perhaps none could be made.
+            let deployment = self
+                .deployments()
+                .get_opt(&self.object_name(flow_id))
+                .await
+                .map_err(|e| self.error("read the Deployment", flow_id, e, false))?;
+            return Ok(deployment
+                .as_ref()
+                .and_then(replica_failure)
+                .into_iter()
+                .collect());
         };
         if let Some(why) = start_failure(pod) {
             return Ok(vec![why]);
@@ -869,6 +988,31 @@ impl Backend for KubernetesBackend {
         Ok(lines.split_off(keep))
     }
 
+    /// `pod NAME: CrashLoopBackOff; container pump last ended Error (exit code 3), restarted
+    /// 2 times`, as `kubectl get pods` and `describe` would show it.
+    async fn exit_detail(&self, flow_id: &str) -> Option<String> {
+        let pods = self.flow_pods(flow_id).await.ok()?;
+        let pod = current_pod(&pods, None)?;
+        let container = pump_container(pod)?;
+        let state = container.state.as_ref();
+        let ended = state
+            .and_then(|s| s.terminated.as_ref())
+            .or_else(|| container.last_state.as_ref()?.terminated.as_ref())?;
+        let waiting = state
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            .map(|r| format!("{r}; "))
+            .unwrap_or_default();
+        let restarts = container.restart_count;
+        Some(format!(
+            "pod {}: {waiting}container {CONTAINER} last ended {} (exit code {}), restarted {restarts} time{}",
+            pod.metadata.name.as_deref().unwrap_or("?"),
+            ended.reason.as_deref().unwrap_or("with no reason given"),
+            ended.exit_code,
+            if restarts == 1 { "" } else { "s" }
+        ))
+    }
+
     fn follow_logs(&self, flow_id: &str, tail: usize) -> BoxStream<'static, String> {
         let this = self.clone();
         let flow_id = flow_id.to_owned();
@@ -895,7 +1039,8 @@ impl Backend for KubernetesBackend {
                 follow: true,
                 ..Default::default()
             };
-            match this.pods().log_stream(&name, &params).await {
+            let pods: Api<Pod> = Api::namespaced(this.streams.clone(), &this.namespace);
+            match pods.log_stream(&name, &params).await {
                 Ok(reader) => reader
                     .lines()
                     .take_while(|l| futures_util::future::ready(l.is_ok()))

@@ -123,6 +123,9 @@ pub struct PumpStatus {
     pub state: PumpState,
     /// Container id, pid, pod name: whatever names the pump in its backend.
     pub pump_ref: String,
+    /// The backend's object was changed by someone else since the orchestrator last wrote it
+    /// (a Deployment edited by hand): starting the same spec again puts it back.
+    pub drifted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -254,6 +257,13 @@ pub trait Backend: Send + Sync {
 
     /// The last `tail` lines, then each new line as the pump writes it, until the pump ends.
     fn follow_logs(&self, flow_id: &str, tail: usize) -> BoxStream<'static, String>;
+
+    /// What the backend itself says of the pump's last ending, in its own terms, for the
+    /// flow's status (Kubernetes: `CrashLoopBackOff`, `OOMKilled`, the restart count). `None`
+    /// when it says nothing the exit code does not.
+    async fn exit_detail(&self, _flow_id: &str) -> Option<String> {
+        None
+    }
 
     /// Memory the flow's pump uses now, and its limit if it has one, in bytes. `None` when the
     /// pump is not running or the backend cannot tell.

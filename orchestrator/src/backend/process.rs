@@ -80,6 +80,7 @@ impl ProcessBackend {
     fn status_of(flow_id: &str, child: &Child) -> PumpStatus {
         let state = child.exited.borrow().clone().unwrap_or(PumpState::Running);
         PumpStatus {
+            drifted: false,
             flow_id: flow_id.to_string(),
             instance_id: Some(child.instance_id.clone()),
             state,

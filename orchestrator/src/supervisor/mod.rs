@@ -723,10 +723,17 @@ impl Supervisor {
         Ok(true)
     }
 
+    /// For a status reason: what the backend says of the pump's ending, and its last lines.
     async fn log_tail(&self, flow_id: &str) -> String {
+        let detail = match self.backend.exit_detail(flow_id).await {
+            Some(d) => format!("; {} says {d}", self.backend.name()),
+            None => String::new(),
+        };
         match self.backend.logs(flow_id, LOG_TAIL_IN_REASON).await {
-            Ok(lines) if !lines.is_empty() => format!("; last log lines:\n{}", lines.join("\n")),
-            _ => String::new(),
+            Ok(lines) if !lines.is_empty() => {
+                format!("{detail}; last log lines:\n{}", lines.join("\n"))
+            }
+            _ => detail,
         }
     }
 
@@ -1206,6 +1213,10 @@ pub struct FlowStatus {
     pub reason: Option<String>,
     pub backend: &'static str,
     pub pump: Option<PumpView>,
+    /// Why `pump` is missing when the backend could not be asked (an API server down): the
+    /// flow's own status is still the store's, and shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pump_error: Option<String>,
     pub heartbeat: Option<Heartbeat>,
     pub events: Vec<store::FlowEvent>,
 }
@@ -1221,7 +1232,11 @@ pub struct PumpView {
 
 impl Supervisor {
     pub async fn status(&self, flow: &FlowRecord) -> Result<FlowStatus, SupervisorError> {
-        let pump = self.backend.inspect(&flow.id).await?.map(|p| {
+        let (pump, pump_error) = match self.backend.inspect(&flow.id).await {
+            Ok(pump) => (pump, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let pump = pump.map(|p| {
             let (state, exit_code, oom_killed) = match p.state {
                 PumpState::Starting => ("starting", None, false),
                 PumpState::Running => ("running", None, false),
@@ -1243,6 +1258,7 @@ impl Supervisor {
             reason: flow.status_reason.clone(),
             backend: self.backend.name(),
             pump,
+            pump_error,
             heartbeat: self.heartbeat(&flow.id),
             events: self.store.flow_events(&flow.id, 20).await?,
         })

@@ -10,6 +10,7 @@
 //! | no such flow | a pump | remove it (an orphan) |
 //! | `stopped`, `error` | a live pump | stop it |
 //! | `idle` | a live pump | park it |
+//! | `running` | the flow's live pump, edited outside pumphouse | start the flow's spec again |
 //! | `running` | the flow's live pump | adopt it: open its gate, arm its idle clock |
 //! | `running` | another or no live pump | the pump is gone: re-queue, restart with back-off |
 //! | `starting` | the flow's pump, exited | it failed to start: `error` |
@@ -22,7 +23,7 @@ use std::time::Duration;
 use super::{stop_grace, Supervisor, SupervisorError};
 use crate::backend::{PumpState, PumpStatus};
 use crate::locking::lock;
-use crate::store::{now_ms, status, FlowRecord};
+use crate::store::{now_ms, status, FlowRecord, Transition};
 
 /// Whether a flow and its pump, as read at the start of a resync, already agree: then the
 /// resync skips the flow's reconcile step (a store read and a backend inspect each) rather than
@@ -34,7 +35,8 @@ fn settled(flow: &FlowRecord, pump: Option<&PumpStatus>, gate_open: bool, armed:
         status::IDLE | status::STOPPED | status::ERROR => live.is_none(),
         // Adopted already: its gate is open and, unless kept alive, its idle clock runs.
         status::RUNNING => live.is_some_and(|p| {
-            p.instance_id.is_some()
+            !p.drifted
+                && p.instance_id.is_some()
                 && p.instance_id == flow.instance_id
                 && gate_open
                 && (flow.keep_alive || armed)
@@ -55,6 +57,7 @@ pub enum Step {
     Adopted,
     PumpGone,
     Relaunched,
+    PutBack,
 }
 
 impl Supervisor {
@@ -93,6 +96,10 @@ impl Supervisor {
                 Ok(Step::Parked)
             }
             status::RUNNING => match (live.filter(ours), flow.instance_id.as_deref()) {
+                (Some(p), Some(instance_id)) if p.drifted => {
+                    self.put_back(&flow, instance_id).await?;
+                    Ok(Step::PutBack)
+                }
                 (Some(_), instance_id) => {
                     if let Some(instance_id) = instance_id {
                         lock(&self.liveness).watch(flow_id, instance_id, now_ms());
@@ -172,6 +179,38 @@ impl Supervisor {
         }
     }
 
+    /// The flow's pump was changed outside pumphouse (a Deployment edited by hand: another
+    /// image, more memory): the flow's own spec is launched again, same instance, as a wake
+    /// launches it, so what the pump runs is what the flow says, and the status says why.
+    async fn put_back(
+        self: &Arc<Self>,
+        flow: &FlowRecord,
+        instance_id: &str,
+    ) -> Result<(), SupervisorError> {
+        let reason = format!(
+            "the pump's {} object was changed outside pumphouse; starting the flow's own spec again",
+            self.backend.name()
+        );
+        tracing::warn!(flow_id = %flow.id, flow = %flow.name, instance_id, "{reason}");
+        let mut t = Transition::new(status::STARTING, &reason, "supervisor");
+        t.only_instance = Some(instance_id);
+        t.only_status = Some(status::RUNNING);
+        t.fence = self.fence();
+        if !self.store.transition(&flow.id, t).await? {
+            return Ok(());
+        }
+        self.dispatcher.close(&flow.id);
+        let this = self.clone();
+        let (flow, instance_id) = (flow.clone(), instance_id.to_string());
+        // After this step releases the flow's lock, which the launch takes.
+        tokio::spawn(async move {
+            if let Err(e) = this.launch(&flow, &instance_id).await {
+                tracing::warn!(flow_id = %flow.id, error = %e, "starting the flow's spec again failed");
+            }
+        });
+        Ok(())
+    }
+
     /// Reconciles every flow that wants a pump and every pump the backend runs for us.
     /// Returns how many steps did something.
     pub async fn resync(self: &Arc<Self>) -> Result<usize, SupervisorError> {
@@ -246,6 +285,7 @@ mod tests {
 
     fn pump(instance: &str, state: PumpState) -> PumpStatus {
         PumpStatus {
+            drifted: false,
             flow_id: "f".into(),
             instance_id: Some(instance.into()),
             state,

@@ -384,6 +384,7 @@ async fn start_applies_the_secret_then_the_deployment_referring_to_it() {
     assert_eq!(
         status,
         PumpStatus {
+            drifted: false,
             flow_id: FLOW.into(),
             instance_id: Some("i-1".into()),
             state: PumpState::Starting,
@@ -729,6 +730,7 @@ async fn inspect_reads_the_state_from_the_current_pod() {
     assert_eq!(
         status,
         Some(PumpStatus {
+            drifted: false,
             flow_id: FLOW.into(),
             instance_id: Some("i-2".into()),
             state: PumpState::Running,
@@ -844,6 +846,56 @@ async fn inspect_of_a_parked_or_missing_flow() {
     assert!(err.to_string().contains("read the Deployment"), "{err}");
 }
 
+/// `inspect` of a flow whose Deployment is `deployment`, with no pods.
+async fn inspect_deployment(deployment: Value) -> PumpStatus {
+    let (b, mut api) = backend();
+    run(
+        async move { b.inspect(FLOW).await.expect("inspect").expect("a pump") },
+        async {
+            api.expect("GET", &format!("{DEPLOYMENTS}/{NAME}"), &[])
+                .await
+                .answer(200, &deployment);
+            let q = flow_pods_query();
+            let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            api.expect("GET", PODS, &q)
+                .await
+                .answer(200, &list("PodList", vec![]));
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_deployment_changed_since_pumphouse_wrote_it_has_drifted() {
+    let mut d = deployment(1, "i-2");
+    d["metadata"]["generation"] = json!(4);
+    d["metadata"]["annotations"] = json!({APPLIED_GENERATION: "4"});
+    assert!(!inspect_deployment(d.clone()).await.drifted);
+    // `kubectl edit` of the spec bumps the generation; the annotation stays.
+    d["metadata"]["generation"] = json!(5);
+    assert!(inspect_deployment(d.clone()).await.drifted);
+    // Made before the annotation existed: applied once more, then known.
+    d["metadata"]["annotations"] = json!({});
+    assert!(inspect_deployment(d).await.drifted);
+}
+
+#[tokio::test]
+async fn a_deployment_refused_its_pod_by_admission_counts_as_exited() {
+    let mut d = deployment(1, "i-2");
+    let status = inspect_deployment(d.clone()).await;
+    assert_eq!(status.state, PumpState::Starting);
+    d["status"] = json!({"conditions": [{"type": "ReplicaFailure", "status": "True",
+        "reason": "FailedCreate", "message": "pods \"p\" is forbidden: exceeded quota: q"}]});
+    let status = inspect_deployment(d).await;
+    assert_eq!(
+        status.state,
+        PumpState::Exited {
+            code: None,
+            oom: false
+        }
+    );
+}
+
 #[tokio::test]
 async fn list_reports_every_pump_this_cluster_owns() {
     let (b, mut api) = backend();
@@ -874,12 +926,14 @@ async fn list_reports_every_pump_this_cluster_owns() {
         pumps,
         vec![
             PumpStatus {
+                drifted: false,
                 flow_id: FLOW.into(),
                 instance_id: Some("i-2".into()),
                 state: PumpState::Running,
                 pump_ref: "p-run".into(),
             },
             PumpStatus {
+                drifted: false,
                 flow_id: "other".into(),
                 instance_id: Some("i-9".into()),
                 state: PumpState::Exited {
@@ -976,15 +1030,36 @@ async fn logs_read_the_pod_or_say_why_it_has_none() {
         vec!["ImagePullBackOff: Back-off pulling image \"registry.example/pump:1.2\""]
     );
 
-    // No pod, or a pod gone between the list and the read: no lines.
+    // No pod, and none refused: no lines. A pod gone between the list and the read: none.
     let (b, mut api) = backend();
     let lines = run(async move { b.logs(FLOW, 5).await.expect("logs") }, async {
         api.expect("GET", PODS, &q)
             .await
             .answer(200, &list("PodList", vec![]));
+        api.expect("GET", &format!("{DEPLOYMENTS}/{NAME}"), &[])
+            .await
+            .answer(200, &deployment(1, "i-2"));
     })
     .await;
     assert!(lines.is_empty());
+    // No pod because admission refused it: the server's words stand in for the log.
+    let (b, mut api) = backend();
+    let lines = run(async move { b.logs(FLOW, 5).await.expect("logs") }, async {
+        api.expect("GET", PODS, &q)
+            .await
+            .answer(200, &list("PodList", vec![]));
+        let mut refused = deployment(1, "i-2");
+        refused["status"] = json!({"conditions": [{"type": "ReplicaFailure", "status": "True",
+            "reason": "FailedCreate", "message": "pods \"p\" is forbidden: exceeded quota: q"}]});
+        api.expect("GET", &format!("{DEPLOYMENTS}/{NAME}"), &[])
+            .await
+            .answer(200, &refused);
+    })
+    .await;
+    assert_eq!(
+        lines,
+        vec!["FailedCreate: pods \"p\" is forbidden: exceeded quota: q"]
+    );
     let (b, mut api) = backend();
     let lines = run(async move { b.logs(FLOW, 5).await.expect("logs") }, async {
         api.expect("GET", PODS, &q).await.answer(
