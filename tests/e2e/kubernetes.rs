@@ -1459,3 +1459,28 @@ async fn the_charts_own_orchestrator_pod_serves_readyz_and_runs_a_flow() {
         &["uninstall", "ph", "--namespace", ns, "--wait"],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_waiting_on_a_slow_scale_down_on_kubernetes_is_not_failed_by_the_start_timer() {
+    // The pod takes 12 s to stop (stopDelay); the start timeout is 8 s. A webhook arriving as
+    // the scale-down begins waits for it, past the timer the launch before set.
+    let k = kube_app(&["--start-timeout", "8s"]).await;
+    let app = &k.app;
+    let flow = app
+        .create_flow(
+            "name: slow-k8s\nidleTimeout: 500ms\nstopGrace: 30s\nconfig:\n  stopDelay: 12s\n  steps:\n    - respond: '{{payload.n}}'\n",
+        )
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    app.wait_status(&flow, "idle").await;
+    let (code, body) = app.webhook(&flow, &serde_json::json!({"n": 4})).await;
+    assert_eq!(code, 202, "{body}");
+    let exec = app
+        .wait_execution(&flow, body["execution_id"].as_str().unwrap())
+        .await;
+    assert_eq!(exec["status"], "completed", "{exec:#}");
+    assert_eq!(exec["output"], 4, "{exec:#}");
+    let (_, s) = app.get(&format!("/api/flows/{}/status", flow.id)).await;
+    assert_ne!(s["status"], "error", "{s:#}");
+}

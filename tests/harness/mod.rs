@@ -675,6 +675,12 @@ impl TestApp {
             .iter()
             .map(|a| a.to_string())
             .collect();
+            // A setting in `extra` replaces the harness's own (clap refuses one given twice).
+            for flag in extra.iter().filter(|a| a.starts_with("--")) {
+                if let Some(at) = args.iter().position(|a| a == flag) {
+                    args.drain(at..at + 2);
+                }
+            }
             args.extend(extra.iter().map(|a| a.to_string()));
             servers.push(Server::Process {
                 child: None,
