@@ -15,6 +15,28 @@ use crate::backend::BackendKind;
 use crate::client::Client;
 use crate::secrets::MasterKey;
 
+/// `println!` for what the CLI prints as its answer. Rust ignores SIGPIPE, so `println!` into a
+/// closed pipe (`pumphouse flow ls | head -1`) panics; a CLI in a pipeline should stop quietly,
+/// as coreutils do, with the status a SIGPIPE death reports (141).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            crate::cli::stdout_failed(&e);
+        }
+    }};
+}
+
+/// What a failed write of the answer does: a reader gone ends the CLI quietly; anything else
+/// (a full disk) is said.
+pub(crate) fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("pumphouse: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "pumphouse", version, about = "Per-flow container orchestrator")]
 struct Cli {
@@ -354,16 +376,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let log = client.get(&path).await?;
             if cli.output == "json" {
-                println!("{}", serde_json::to_string_pretty(&log)?);
+                outln!("{}", serde_json::to_string_pretty(&log)?);
                 return Ok(());
             }
-            println!("{:<24} {:<26} {:<20} WHO", "WHEN (UTC)", "ACTION", "FLOW");
+            outln!("{:<24} {:<26} {:<20} WHO", "WHEN (UTC)", "ACTION", "FLOW");
             for e in log.as_array().cloned().unwrap_or_default() {
                 let what = match e["detail"].as_str() {
                     Some(d) => format!("{} {d}", e["action"].as_str().unwrap_or("")),
                     None => e["action"].as_str().unwrap_or("").to_string(),
                 };
-                println!(
+                outln!(
                     "{:<24} {:<26} {:<20} {}",
                     crate::api::status_page::utc(e["at"].as_i64().unwrap_or(0)),
                     what,
@@ -391,7 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     body,
                 )
                 .await?;
-            println!(
+            outln!(
                 "accepted: execution {} (see it with `pumphouse flow executions {name}`)",
                 v["execution_id"].as_str().unwrap_or("?")
             );
@@ -577,7 +599,7 @@ fn master_key(file: Option<&std::path::Path>) -> anyhow::Result<Option<MasterKey
 async fn secrets_command(cmd: SecretsCommand) -> anyhow::Result<()> {
     match cmd {
         SecretsCommand::NewKey => {
-            println!("{}", &*MasterKey::generate_base64());
+            outln!("{}", &*MasterKey::generate_base64());
             Ok(())
         }
         SecretsCommand::ReEncrypt {
@@ -597,14 +619,14 @@ async fn secrets_command(cmd: SecretsCommand) -> anyhow::Result<()> {
             let to = MasterKey::from_file(&to_key_file)?;
             let store = crate::store::Store::connect(&store).await?;
             let done = crate::secrets::reencrypt(&store, &from, &to).await?;
-            println!(
+            outln!(
                 "re-encrypted {} secret(s) from key {} to key {}; {} already under the new key",
                 done.resealed,
                 from.id(),
                 to.id(),
                 done.already
             );
-            println!("now restart every server with --master-key-file {} (a server still on the old key cannot start flows with secrets)", to_key_file.display());
+            outln!("now restart every server with --master-key-file {} (a server still on the old key cannot start flows with secrets)", to_key_file.display());
             Ok(())
         }
     }
@@ -644,10 +666,10 @@ async fn secret_command(client: &Client, cmd: SecretCommand, json: bool) -> anyh
                 )
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            println!(
+            outln!(
                 "secret {name} of flow {flow} {}; {}",
                 v["change"].as_str().unwrap_or("set"),
                 v["note"].as_str().unwrap_or("")
@@ -657,17 +679,17 @@ async fn secret_command(client: &Client, cmd: SecretCommand, json: bool) -> anyh
         SecretCommand::Ls { flow } => {
             let v = client.get(&format!("/api/flows/{flow}/secrets")).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
             let list = v["secrets"].as_array().cloned().unwrap_or_default();
             if list.is_empty() {
-                println!("flow {flow} has no secrets; set one with `pumphouse flow secret set {flow} NAME < FILE`");
+                outln!("flow {flow} has no secrets; set one with `pumphouse flow secret set {flow} NAME < FILE`");
                 return Ok(());
             }
             let server_key = v["master_key_id"].as_str();
             let now = crate::store::now_ms();
-            println!("{:<32} {:<14} KEY", "NAME", "UPDATED");
+            outln!("{:<32} {:<14} KEY", "NAME", "UPDATED");
             for s in list {
                 let key = s["key_id"].as_str().unwrap_or("");
                 let stale = match server_key {
@@ -676,7 +698,7 @@ async fn secret_command(client: &Client, cmd: SecretCommand, json: bool) -> anyh
                     }
                     _ => "",
                 };
-                println!(
+                outln!(
                     "{:<32} {:<14} {key}{stale}",
                     s["name"].as_str().unwrap_or(""),
                     ago(now - s["updated_at"].as_i64().unwrap_or(now)),
@@ -692,7 +714,7 @@ async fn secret_command(client: &Client, cmd: SecretCommand, json: bool) -> anyh
                     None,
                 )
                 .await?;
-            println!(
+            outln!(
                 "secret {name} of flow {flow} deleted; {}",
                 v["note"].as_str().unwrap_or("")
             );
@@ -737,7 +759,7 @@ fn urlencoding(text: &str) -> String {
 async fn tenant(client: &Client, cmd: TenantCommand, json: bool) -> anyhow::Result<()> {
     let print_json = |v: &Value| -> anyhow::Result<bool> {
         if json {
-            println!("{}", serde_json::to_string_pretty(v)?);
+            outln!("{}", serde_json::to_string_pretty(v)?);
         }
         Ok(json)
     };
@@ -752,18 +774,18 @@ async fn tenant(client: &Client, cmd: TenantCommand, json: bool) -> anyhow::Resu
                 )
                 .await?;
             if !print_json(&v)? {
-                println!("tenant {id} created");
-                println!("its API token (shown only now; keep it secret):");
-                println!("  {}", v["api_token"].as_str().unwrap_or("?"));
-                println!("use it with: PUMPHOUSE_TOKEN=<token> pumphouse flow ls");
+                outln!("tenant {id} created");
+                outln!("its API token (shown only now; keep it secret):");
+                outln!("  {}", v["api_token"].as_str().unwrap_or("?"));
+                outln!("use it with: PUMPHOUSE_TOKEN=<token> pumphouse flow ls");
             }
         }
         TenantCommand::Ls => {
             let v = client.get("/api/tenants").await?;
             if !print_json(&v)? {
-                println!("{:<24} {:<24} CREATED (UTC)", "ID", "NAME");
+                outln!("{:<24} {:<24} CREATED (UTC)", "ID", "NAME");
                 for t in v.as_array().cloned().unwrap_or_default() {
-                    println!(
+                    outln!(
                         "{:<24} {:<24} {}",
                         t["id"].as_str().unwrap_or(""),
                         t["name"].as_str().unwrap_or(""),
@@ -775,12 +797,14 @@ async fn tenant(client: &Client, cmd: TenantCommand, json: bool) -> anyhow::Resu
         TenantCommand::Tokens { tenant } => {
             let v = client.get(&format!("/api/tenants/{tenant}/tokens")).await?;
             if !print_json(&v)? {
-                println!(
+                outln!(
                     "{:<38} {:<20} {:<24} REVOKED (UTC)",
-                    "ID", "NAME", "CREATED (UTC)"
+                    "ID",
+                    "NAME",
+                    "CREATED (UTC)"
                 );
                 for t in v.as_array().cloned().unwrap_or_default() {
-                    println!(
+                    outln!(
                         "{:<38} {:<20} {:<24} {}",
                         t["id"].as_str().unwrap_or(""),
                         t["name"].as_str().unwrap_or(""),
@@ -803,12 +827,12 @@ async fn tenant(client: &Client, cmd: TenantCommand, json: bool) -> anyhow::Resu
                 )
                 .await?;
             if !print_json(&v)? {
-                println!(
+                outln!(
                     "token {name} ({}) created for tenant {tenant}",
                     v["token"]["id"].as_str().unwrap_or("?")
                 );
-                println!("the token (shown only now; keep it secret):");
-                println!("  {}", v["api_token"].as_str().unwrap_or("?"));
+                outln!("the token (shown only now; keep it secret):");
+                outln!("  {}", v["api_token"].as_str().unwrap_or("?"));
             }
         }
         TenantCommand::RevokeToken { tenant, token_id } => {
@@ -820,7 +844,7 @@ async fn tenant(client: &Client, cmd: TenantCommand, json: bool) -> anyhow::Resu
                 )
                 .await?;
             if !print_json(&v)? {
-                println!("token {token_id} of tenant {tenant} revoked; it is refused from now on");
+                outln!("token {token_id} of tenant {tenant} revoked; it is refused from now on");
             }
         }
     }
@@ -857,9 +881,9 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                             Some((text, "application/yaml")),
                         )
                         .await?;
-                    println!("flow {name} updated");
+                    outln!("flow {name} updated");
                     if v["restart_required"].as_bool() == Some(true) {
-                        println!("its pump runs the old manifest until you run: pumphouse flow stop {name} && pumphouse flow start {name}");
+                        outln!("its pump runs the old manifest until you run: pumphouse flow stop {name} && pumphouse flow start {name}");
                     }
                 }
                 None => {
@@ -870,13 +894,13 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                             Some((text, "application/yaml")),
                         )
                         .await?;
-                    println!(
+                    outln!(
                         "flow {name} created (id {})",
                         v["flow"]["id"].as_str().unwrap_or("?")
                     );
-                    println!("webhook URL (shown only now; keep it secret):");
-                    println!("  {}", v["webhook_url"].as_str().unwrap_or("?"));
-                    println!("start it with: pumphouse flow start {name}");
+                    outln!("webhook URL (shown only now; keep it secret):");
+                    outln!("  {}", v["webhook_url"].as_str().unwrap_or("?"));
+                    outln!("start it with: pumphouse flow start {name}");
                 }
             }
             Ok(())
@@ -884,21 +908,24 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
         FlowCommand::Ls => {
             let flows = client.get("/api/flows").await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&flows)?);
+                outln!("{}", serde_json::to_string_pretty(&flows)?);
                 return Ok(());
             }
             let list = flows.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
-                println!("no flows yet; create one with `pumphouse flow apply -f FLOW.yaml`");
+                outln!("no flows yet; create one with `pumphouse flow apply -f FLOW.yaml`");
                 return Ok(());
             }
             let now = crate::store::now_ms();
-            println!(
+            outln!(
                 "{:<28} {:<9} {:<8} {:<14} ID",
-                "NAME", "STATUS", "DESIRED", "LAST ACTIVITY"
+                "NAME",
+                "STATUS",
+                "DESIRED",
+                "LAST ACTIVITY"
             );
             for f in list {
-                println!(
+                outln!(
                     "{:<28} {:<9} {:<8} {:<14} {}",
                     f["name"].as_str().unwrap_or(""),
                     f["status"].as_str().unwrap_or(""),
@@ -916,7 +943,7 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
         } => {
             client.post(&format!("/api/flows/{name}/start")).await?;
             if no_wait {
-                println!("flow {name} is starting");
+                outln!("flow {name} is starting");
                 return Ok(());
             }
             let started = Instant::now();
@@ -924,7 +951,7 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                 let s = client.get(&format!("/api/flows/{name}/status")).await?;
                 match s["status"].as_str() {
                     Some("running") => {
-                        println!("flow {name} is running");
+                        outln!("flow {name} is running");
                         return Ok(());
                     }
                     Some("error") => bail!(
@@ -941,50 +968,51 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
         }
         FlowCommand::Stop { name } => {
             client.post(&format!("/api/flows/{name}/stop")).await?;
-            println!("flow {name} stopped");
+            outln!("flow {name} stopped");
             Ok(())
         }
         FlowCommand::Status { name } => {
             let s = client.get(&format!("/api/flows/{name}/status")).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                outln!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
             }
-            println!(
+            outln!(
                 "flow:     {} ({})",
                 s["name"].as_str().unwrap_or(""),
                 s["id"].as_str().unwrap_or("")
             );
-            println!(
+            outln!(
                 "status:   {} (desired: {})",
                 s["status"].as_str().unwrap_or(""),
                 s["desired_state"].as_str().unwrap_or("")
             );
             if let Some(reason) = s["reason"].as_str() {
-                println!("reason:   {reason}");
+                outln!("reason:   {reason}");
             }
-            println!("backend:  {}", s["backend"].as_str().unwrap_or(""));
+            outln!("backend:  {}", s["backend"].as_str().unwrap_or(""));
             if s["pump"].is_object() {
                 let p = &s["pump"];
-                println!(
+                outln!(
                     "pump:     {} {}",
                     p["pump_ref"].as_str().unwrap_or(""),
                     p["state"].as_str().unwrap_or("")
                 );
             }
             if let Some(why) = s["pump_error"].as_str() {
-                println!("pump:     unknown: {why}");
+                outln!("pump:     unknown: {why}");
             }
             if s["heartbeat"].is_object() {
                 let h = &s["heartbeat"];
-                println!(
+                outln!(
                     "heartbeat: in flight {}, processed {}",
-                    h["in_flight"], h["processed"]
+                    h["in_flight"],
+                    h["processed"]
                 );
             }
-            println!("recent events:");
+            outln!("recent events:");
             for e in s["events"].as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "  {} {} -> {}: {}",
                     e["at"],
                     e["from_status"].as_str().unwrap_or("-"),
@@ -1002,7 +1030,7 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
             client
                 .follow(
                     &format!("/api/flows/{name}/logs?tail={tail}&follow=true"),
-                    |line| println!("{line}"),
+                    |line| outln!("{line}"),
                 )
                 .await?;
             Ok(())
@@ -1012,7 +1040,7 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                 .get(&format!("/api/flows/{name}/logs?tail={tail}"))
                 .await?;
             for line in v["lines"].as_array().into_iter().flatten() {
-                println!("{}", line.as_str().unwrap_or(""));
+                outln!("{}", line.as_str().unwrap_or(""));
             }
             Ok(())
         }
@@ -1021,12 +1049,15 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                 .get(&format!("/api/flows/{name}/executions?limit={limit}"))
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{:<36} {:<8} {:<9} {:>8} OUTPUT/ERROR",
-                "ID", "TRIGGER", "STATUS", "MS"
+                "ID",
+                "TRIGGER",
+                "STATUS",
+                "MS"
             );
             for e in v.as_array().into_iter().flatten() {
                 let detail = if e["status"] == "failed" {
@@ -1034,7 +1065,7 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                 } else {
                     e["output"].to_string()
                 };
-                println!(
+                outln!(
                     "{:<36} {:<8} {:<9} {:>8} {}",
                     e["id"].as_str().unwrap_or(""),
                     e["trigger_type"].as_str().unwrap_or(""),
@@ -1053,18 +1084,18 @@ async fn flow(client: &Client, cmd: FlowCommand, json: bool) -> anyhow::Result<(
                 .post(&format!("/api/flows/{name}/webhook-token"))
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            println!("new webhook URL for {name} (shown only now; the old one no longer works):");
-            println!("  {}", v["webhook_url"].as_str().unwrap_or("?"));
+            outln!("new webhook URL for {name} (shown only now; the old one no longer works):");
+            outln!("  {}", v["webhook_url"].as_str().unwrap_or("?"));
             Ok(())
         }
         FlowCommand::Rm { name } => {
             client
                 .call(reqwest::Method::DELETE, &format!("/api/flows/{name}"), None)
                 .await?;
-            println!("flow {name} deleted");
+            outln!("flow {name} deleted");
             Ok(())
         }
     }

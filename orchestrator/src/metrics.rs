@@ -23,6 +23,9 @@ pub struct Metrics {
     pub pump_messages: IntCounterVec,
     pub triggers_pending: IntGaugeVec,
     pub crashes: IntCounterVec,
+    /// Pumps that exited 2 at start: a config or environment they cannot use. A typo in a
+    /// manifest, apart from crashes, so it does not page through `PumpCrash`.
+    pub configs_refused: IntCounterVec,
     pub restarts: IntCounterVec,
     pub scale_downs: IntCounterVec,
     pub wakeups: IntCounterVec,
@@ -66,6 +69,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The flow's counters, at zero, from its first start on this server (and its adoption
+    /// after a restart): an alert's `increase()` sees the first crash or the first failed
+    /// execution only as a change from a value it has already seen.
+    pub fn seen_flow(&self, flow_id: &str) {
+        for counter in [&self.crashes, &self.restarts, &self.configs_refused] {
+            counter.with_label_values(&[flow_id]).inc_by(0);
+        }
+        for status in ["completed", "failed"] {
+            self.executions
+                .with_label_values(&[flow_id, status])
+                .inc_by(0);
+        }
+    }
+
     pub fn new() -> Metrics {
         let r = Registry::new();
         Metrics {
@@ -110,6 +127,12 @@ impl Metrics {
                 &r,
                 "pumphouse_pump_crashes_total",
                 "Pump exits nobody asked for.",
+                &["flow"],
+            ),
+            configs_refused: counter(
+                &r,
+                "pumphouse_pump_configs_refused_total",
+                "Pumps that exited 2 at start: their flow's config or environment could not be used.",
                 &["flow"],
             ),
             restarts: counter(

@@ -129,3 +129,29 @@ async fn the_cli_creates_a_tenant_whose_token_sees_its_own_flows_and_reads_the_a
     let (ok, out) = tokio::task::block_in_place(|| cli_as(&app, "wrong", &["flow", "ls"]));
     assert!(!ok && out.contains("API token"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_into_a_closed_pipe_stops_quietly() {
+    // `pumphouse flow apply -f x.yaml | head -1`, with the reader gone before the CLI writes.
+    let app = TestApp::spawn(Backend::Process).await;
+    let dir = TempDir::new("pumphouse-cli-pipe");
+    let file = dir.0.join("flow.yaml");
+    std::fs::write(&file, "name: piped\nconfig:\n  steps:\n    - respond: ok\n").unwrap();
+    let out = tokio::task::block_in_place(|| {
+        let mut child = Command::new(pumphouse_binary())
+            .args(["flow", "apply", "-f", file.to_str().unwrap()])
+            .env("PUMPHOUSE_API", &app.base)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running pumphouse");
+        drop(child.stdout.take());
+        child.wait_with_output().expect("waiting for pumphouse")
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "it said: {stderr}");
+    assert_eq!(out.status.code(), Some(141), "as a SIGPIPE death reads");
+    // What it was asked to do was done.
+    let (_, flows) = app.get("/api/flows").await;
+    assert!(flows.to_string().contains("piped"), "{flows}");
+}

@@ -137,6 +137,19 @@ async fn a_pump_with_bad_config_puts_the_flow_in_error(backend: Backend) {
         reason.contains("unknown variant `explode`"),
         "the pump's own message is shown: {reason}"
     );
+    // A config the pump refuses is not a crash: it must not page through PumpCrash.
+    let metrics = app.metrics_text().await;
+    let series = |name: &str| format!("{name}{{flow=\"{}\"}}", flow.id);
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series(name)))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {} in:\n{metrics}", series(name)))
+            .to_string()
+    };
+    assert_eq!(value("pumphouse_pump_crashes_total"), "0");
+    assert_eq!(value("pumphouse_pump_configs_refused_total"), "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -428,3 +428,85 @@ async fn secrets_on_the_command_line_are_warned_about_and_never_logged_and_files
         "the metrics token is in the log:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_flow_exports_its_failure_and_crash_counters_at_zero() {
+    // An alert's increase() sees a first failure only against a zero it saw before.
+    let app = TestApp::spawn(Backend::Process).await;
+    let flow = app
+        .create_flow(&manifest("counted", "", "    - respond: ok\n"))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let metrics = app.metrics_text().await;
+    let flow_label = format!("flow=\"{}\"", flow.id);
+    for (name, extra) in [
+        ("pumphouse_executions_total", "status=\"failed\""),
+        ("pumphouse_executions_total", "status=\"completed\""),
+        ("pumphouse_pump_crashes_total", ""),
+        ("pumphouse_pump_restarts_total", ""),
+        ("pumphouse_pump_configs_refused_total", ""),
+    ] {
+        let found = metrics.lines().any(|l| {
+            l.starts_with(&format!("{name}{{"))
+                && l.contains(&flow_label)
+                && l.contains(extra)
+                && l.ends_with(" 0")
+        });
+        assert!(found, "no {name} {extra} at 0 for the flow in:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pump_memory_series_stay_while_they_are_sampled_and_no_limit_is_no_series() {
+    let app = TestApp::spawn(Backend::Docker).await;
+    let mut flows = Vec::new();
+    for (name, resources) in [
+        ("sampled-a", "resources: {memory: 64Mi}\n"),
+        ("sampled-b", "resources: {memory: 96Mi}\n"),
+        ("unlimited", ""),
+    ] {
+        let flow = app
+            .create_flow(&manifest(name, resources, "    - respond: ok\n"))
+            .await;
+        app.start(&flow).await;
+        flows.push(flow);
+    }
+    for flow in &flows {
+        app.wait_status(flow, "running").await;
+    }
+    let supervisor = app.supervisor.clone().unwrap();
+    supervisor.sample_memory().await;
+    let memory_series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("pumphouse_pump_memory_bytes{"))
+            .count()
+    };
+    // Scraped all through a second sampling, as Prometheus might: never fewer series.
+    let sampling = tokio::spawn(async move { supervisor.sample_memory().await });
+    let mut scrapes = 0;
+    let mut text = String::new();
+    while !sampling.is_finished() || scrapes == 0 {
+        text = app.metrics_text().await;
+        assert_eq!(memory_series(&text), 3, "a scrape mid-sample:\n{text}");
+        scrapes += 1;
+    }
+    sampling.await.unwrap();
+    let unlimited = &flows[2].id;
+    assert!(
+        !text.contains(&format!(
+            "pumphouse_pump_memory_limit_bytes{{flow=\"{unlimited}\"}}"
+        )),
+        "a pump without resources.memory has no limit, whatever Docker reports:\n{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            &format!(
+                r#"pumphouse_pump_memory_limit_bytes{{flow="{}"}}"#,
+                flows[1].id
+            )
+        ),
+        Some(96.0 * 1024.0 * 1024.0)
+    );
+}

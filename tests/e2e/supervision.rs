@@ -485,3 +485,44 @@ async fn a_hung_pump_that_sends_no_heartbeat_is_replaced() {
         "a new pump"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pump_that_exits_1_before_ready_is_restarted_not_failed() {
+    // A pump written from the contract whose database is not up at its first start: it exits
+    // 1 once, then runs. Code 1 is a crash, restarted with back-off; only 2 ends the start.
+    let dir = pumphouse_e2e::TempDir::new("pumphouse-flaky-pump");
+    let script = dir.0.join("pump.sh");
+    let marker = dir.0.join("started-once");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ ! -e '{m}' ]; then touch '{m}'; echo 'pump: the database is not up yet' >&2; exit 1; fi\nexec '{pump}'\n",
+            m = marker.display(),
+            pump = pumphouse_e2e::pump_binary().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = TestApp::spawn_with(Backend::Process, |c| {
+        c.pump_binary = Some(script.clone());
+        c.restart_backoff = Duration::from_millis(50);
+    })
+    .await;
+    let flow = app
+        .create_flow(&manifest("late-db", "", "    - respond: '{{payload.n}}'\n"))
+        .await;
+    app.start(&flow).await;
+    app.wait_status(&flow, "running").await;
+    let (_, s) = app.get(&format!("/api/flows/{}/status", flow.id)).await;
+    let restarted = s["events"].as_array().unwrap().iter().any(|e| {
+        e["reason"].as_str().is_some_and(|r| {
+            r.contains("exited before it was ready with code 1; restarting in")
+                && r.contains("the database is not up yet")
+        })
+    });
+    assert!(restarted, "{s:#}");
+    let (code, accepted) = app.webhook(&flow, &json!({"n": 3})).await;
+    assert_eq!(code, 202, "{accepted}");
+    completes_with(&app, &flow, &accepted, json!(3)).await;
+}

@@ -71,6 +71,8 @@ pub struct DockerBackend {
     config: DockerConfig,
     /// Containers the orchestrator is stopping itself; their `die` is not reported.
     stopping: Arc<Mutex<HashSet<String>>>,
+    /// The engine host's memory: what Docker reports as the limit of a container without one.
+    host_memory: Option<i64>,
 }
 
 impl DockerBackend {
@@ -91,11 +93,19 @@ impl DockerBackend {
             .await
             .map_err(unreachable)?;
         docker.ping().await.map_err(unreachable)?;
+        let host_memory = match docker.info().await {
+            Ok(info) => info.mem_total,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the engine's memory; a pump without a memory limit may show one");
+                None
+            }
+        };
         tracing::debug!(%socket, cluster = %config.cluster, "connected to Docker");
         Ok(DockerBackend {
             docker,
             config,
             stopping: Arc::default(),
+            host_memory,
         })
     }
 
@@ -410,8 +420,13 @@ impl Backend for DockerBackend {
         let stats = self.docker.stats(&name, Some(opts)).next().await?.ok()?;
         let mem = stats.memory_stats?;
         let usage = mem.usage? as i64;
-        // Without a limit Docker reports the host's memory; only a real limit is a limit.
-        let limit = mem.limit.map(|l| l as i64).filter(|l| *l < (1 << 60));
+        // Without a limit Docker reports the host's memory (or, on some kernels, a huge
+        // number); only a real limit is a limit, as the alert rules expect.
+        let host = self.host_memory.unwrap_or(1 << 60);
+        let limit = mem
+            .limit
+            .map(|l| l as i64)
+            .filter(|l| *l < host && *l < (1 << 60));
         Some((usage, limit))
     }
 

@@ -170,7 +170,8 @@ impl Supervisor {
             "sent no heartbeat for {}, so it was stopped as hung",
             human_ms(s.for_ms)
         );
-        self.pump_gone(&s.flow_id, &s.instance_id, &how).await?;
+        self.pump_gone(&s.flow_id, &s.instance_id, &how, None)
+            .await?;
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ pub mod reaper;
 pub mod reconcile;
 mod redis_users;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +40,24 @@ use crate::store::{self, now_ms, status, FlowRecord, Store, StoreError, Transiti
 
 /// Lines of pump log quoted in an error reason.
 const LOG_TAIL_IN_REASON: usize = 10;
+
+/// The exit code by which a pump says its config or environment cannot be used
+/// (docs/pump-contract.md, "Exit codes"): restarting it would fail the same way.
+const REFUSED_CONFIG: i64 = 2;
+
+/// `exited {when} with code 3 (killed for exceeding its memory limit)`, for
+/// [`Supervisor::pump_gone`].
+pub(crate) fn exited(code: Option<i64>, oom: bool) -> String {
+    format!(
+        "exited {{when}} with {}{}",
+        code.map_or("an unknown code".to_string(), |c| format!("code {c}")),
+        if oom {
+            " (killed for exceeding its memory limit)"
+        } else {
+            ""
+        }
+    )
+}
 
 /// How pumps are set up and looked after, from the orchestrator's configuration.
 #[derive(Debug, Clone)]
@@ -138,6 +156,9 @@ pub struct Supervisor {
     leading: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
     pump_users: PumpUsers,
+    /// The flows whose memory and memory-limit series `sample_memory` exports now, so the
+    /// series of pumps that went away are the only ones it drops.
+    memory_series: Mutex<(HashSet<String>, HashSet<String>)>,
     /// When each flow's current start or wake began, for the cold-start histogram.
     launched_at: Mutex<HashMap<String, std::time::Instant>>,
     /// Flows whose crashed pump this replica will start again after a back-off.
@@ -163,6 +184,7 @@ impl Supervisor {
             metrics,
             pump_users,
             launched_at: Mutex::new(HashMap::new()),
+            memory_series: Mutex::default(),
             restarts_pending: Default::default(),
             liveness: Default::default(),
             heartbeats: Mutex::new(HashMap::new()),
@@ -380,16 +402,7 @@ impl Supervisor {
         let launch = self.next_launch(&flow.id);
         let flow_lock = self.flow_locks.get(&flow.id);
         let _serial = flow_lock.lock().await;
-        // Crash series exist from the first start, at zero, so an alert sees the first crash
-        // as an increase.
-        self.metrics
-            .crashes
-            .with_label_values(&[flow.id.as_str()])
-            .inc_by(0);
-        self.metrics
-            .restarts
-            .with_label_values(&[flow.id.as_str()])
-            .inc_by(0);
+        self.metrics.seen_flow(&flow.id);
         lock(&self.launched_at).insert(flow.id.clone(), std::time::Instant::now());
         self.dispatcher.close(&flow.id);
         // Checked for the backend too: a manifest stored before a rule existed is refused here.
@@ -857,28 +870,20 @@ impl Supervisor {
         };
         let flow_lock = self.flow_locks.get(&flow_id);
         let _serial = flow_lock.lock().await;
-        let code_text = code.map_or("an unknown code".to_string(), |c| format!("code {c}"));
-        let oom_text = if oom {
-            " (killed for exceeding its memory limit)"
-        } else {
-            ""
-        };
-        self.pump_gone(
-            &flow_id,
-            &instance_id,
-            &format!("exited {{when}} with {code_text}{oom_text}"),
-        )
-        .await
+        self.pump_gone(&flow_id, &instance_id, &exited(code, oom), code)
+            .await
     }
 
     /// The pump `instance_id` of the flow is gone (`how` says how, with `{when}` standing for
-    /// "before it was ready" or "unexpectedly"). What it held goes back to the queue; if the
-    /// flow still wanted it, that is a failed start or a crash. Call with the flow's lock held.
+    /// "before it was ready" or "unexpectedly"; `code` is its exit code when it exited). What
+    /// it held goes back to the queue; if the flow still wanted it, that is a failed start or
+    /// a crash. Call with the flow's lock held.
     async fn pump_gone(
         self: &Arc<Self>,
         flow_id: &str,
         instance_id: &str,
         how: &str,
+        code: Option<i64>,
     ) -> Result<(), StoreError> {
         self.requeue(flow_id, instance_id).await?;
         let Some(flow) = self.store.get_flow(flow_id).await? else {
@@ -888,8 +893,26 @@ impl Supervisor {
             return Ok(());
         }
         match flow.status.as_str() {
-            status::STARTING => {
+            // A crash before `ready` (a database not up yet) is restarted like any other, as
+            // the contract says; only exit 2, a config or environment the pump cannot use, and
+            // a pump that never ran (no code: an image that cannot be pulled) end the start.
+            status::STARTING if code.is_some_and(|c| c != REFUSED_CONFIG && c != 0) => {
                 self.metrics.crashes.with_label_values(&[flow_id]).inc();
+                self.forget(flow_id);
+                self.crashed(
+                    &flow,
+                    instance_id,
+                    &how.replace("{when}", "before it was ready"),
+                )
+                .await?;
+            }
+            status::STARTING => {
+                let counter = if code == Some(REFUSED_CONFIG) {
+                    &self.metrics.configs_refused
+                } else {
+                    &self.metrics.crashes
+                };
+                counter.with_label_values(&[flow_id]).inc();
                 self.forget(flow_id);
                 let tail = self.log_tail(flow_id).await;
                 let reason = format!(
@@ -1001,22 +1024,44 @@ impl Supervisor {
         let Ok(pumps) = self.backend.list().await else {
             return;
         };
-        self.metrics.pump_memory.reset();
-        self.metrics.pump_memory_limit.reset();
+        // Read every pump first, then update the series in place: a reset followed by one
+        // stats call per pump left /metrics without most series for seconds each cycle, and
+        // an alert's `for` started over.
+        let mut samples = Vec::new();
         for p in pumps.iter().filter(|p| p.state == PumpState::Running) {
-            if let Some((used, limit)) = self.backend.memory(&p.flow_id).await {
-                self.metrics
-                    .pump_memory
-                    .with_label_values(&[p.flow_id.as_str()])
-                    .set(used);
-                if let Some(limit) = limit {
-                    self.metrics
-                        .pump_memory_limit
-                        .with_label_values(&[p.flow_id.as_str()])
-                        .set(limit);
-                }
+            if let Some(sample) = self.backend.memory(&p.flow_id).await {
+                samples.push((p.flow_id.clone(), sample));
             }
         }
+        let mut exported = lock(&self.memory_series);
+        let (mut used_now, mut limited_now) = (HashSet::new(), HashSet::new());
+        for (flow_id, (used, limit)) in samples {
+            self.metrics
+                .pump_memory
+                .with_label_values(&[flow_id.as_str()])
+                .set(used);
+            if let Some(limit) = limit {
+                self.metrics
+                    .pump_memory_limit
+                    .with_label_values(&[flow_id.as_str()])
+                    .set(limit);
+                limited_now.insert(flow_id.clone());
+            }
+            used_now.insert(flow_id);
+        }
+        for gone in exported.0.difference(&used_now) {
+            let _ = self
+                .metrics
+                .pump_memory
+                .remove_label_values(&[gone.as_str()]);
+        }
+        for gone in exported.1.difference(&limited_now) {
+            let _ = self
+                .metrics
+                .pump_memory_limit
+                .remove_label_values(&[gone.as_str()]);
+        }
+        *exported = (used_now, limited_now);
     }
 
     /// The fence of the lease this replica leads under; `None` without a lease (SQLite).

@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{stop_grace, Supervisor, SupervisorError};
+use super::{exited, stop_grace, Supervisor, SupervisorError};
 use crate::backend::{PumpState, PumpStatus};
 use crate::locking::lock;
 use crate::store::{now_ms, status, FlowRecord, Transition};
@@ -101,6 +101,7 @@ impl Supervisor {
                     Ok(Step::PutBack)
                 }
                 (Some(_), instance_id) => {
+                    self.metrics.seen_flow(flow_id);
                     if let Some(instance_id) = instance_id {
                         lock(&self.liveness).watch(flow_id, instance_id, now_ms());
                     }
@@ -111,23 +112,15 @@ impl Supervisor {
                     Ok(Step::Adopted)
                 }
                 (None, Some(instance_id)) => {
-                    let how = match pump.as_ref().map(|p| &p.state) {
+                    let (how, code) = match pump.as_ref().map(|p| &p.state) {
                         Some(PumpState::Exited { code, oom })
                             if pump.as_ref().is_some_and(|p| ours(&p)) =>
                         {
-                            format!(
-                                "exited {{when}} with {}{}",
-                                code.map_or("an unknown code".to_string(), |c| format!("code {c}")),
-                                if *oom {
-                                    " (killed for exceeding its memory limit)"
-                                } else {
-                                    ""
-                                }
-                            )
+                            (exited(*code, *oom), *code)
                         }
-                        _ => "is gone from the backend ({when})".to_string(),
+                        _ => ("is gone from the backend ({when})".to_string(), None),
                     };
-                    self.pump_gone(flow_id, instance_id, &how).await?;
+                    self.pump_gone(flow_id, instance_id, &how, code).await?;
                     Ok(Step::PumpGone)
                 }
                 (None, None) => Ok(Step::Nothing),
@@ -140,16 +133,8 @@ impl Supervisor {
                     let PumpState::Exited { code, oom } = p.state else {
                         return Ok(Step::Nothing);
                     };
-                    let how = format!(
-                        "exited {{when}} with {}{}",
-                        code.map_or("an unknown code".to_string(), |c| format!("code {c}")),
-                        if oom {
-                            " (killed for exceeding its memory limit)"
-                        } else {
-                            ""
-                        }
-                    );
-                    self.pump_gone(flow_id, instance_id, &how).await?;
+                    self.pump_gone(flow_id, instance_id, &exited(code, oom), code)
+                        .await?;
                     Ok(Step::PumpGone)
                 }
                 (_, Some(instance_id))
